@@ -1,0 +1,312 @@
+"""HTTP/1.1 codec: bytes in, protocol-neutral events out (httptools underneath); heads out.
+
+Theory of operation: a reader wraps one httptools parser for one connection. `feed(data)`
+returns the events completed by those bytes, in order, possibly spanning several pipelined
+messages; the caller decides when to act on them. Limits are enforced while parsing, so an
+oversized head is refused before it is buffered whole (RFC 9110 section 15.5.32, RFC 6585
+section 5). Writers are plain functions that build head bytes; bodies are framed with
+`chunk()` / `LAST_CHUNK` when the head says chunked.
+
+No I/O here: everything is testable by feeding bytes.
+"""
+
+from __future__ import annotations
+
+import httptools
+
+from plait.proto.errors import HeadTooLarge, MalformedMessage
+from plait.proto.events import (
+    CHUNKED,
+    END_OF_STREAM,
+    LENGTH,
+    NO_BODY,
+    UNTIL_CLOSE,
+    Data,
+    Headers,
+    RequestHead,
+    ResponseHead,
+)
+
+__all__ = [
+    "HOP_BY_HOP",
+    "LAST_CHUNK",
+    "RequestReader",
+    "ResponseReader",
+    "chunk",
+    "request_head_bytes",
+    "response_head_bytes",
+]
+
+# 60 KiB and 100 fields: Envoy's defaults for max_request_headers_kb / max_headers_count.
+DEFAULT_MAX_HEAD_BYTES = 60 * 1024
+DEFAULT_MAX_HEADERS = 100
+
+# RFC 9110 section 7.6.1: fields that describe one connection, never forwarded. Framing
+# (transfer-encoding, content-length) is re-derived by the writer, so it is handled apart.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (RFC 9112 section 7.1)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def _framing(headers: Headers, chunked: bool, no_body: bool) -> int:
+    if no_body:
+        return NO_BODY
+    if chunked:
+        return CHUNKED
+    for name, _ in headers:
+        if name == b"content-length":
+            return LENGTH
+    return -1  # caller decides: NO_BODY for requests, UNTIL_CLOSE for responses
+
+
+class _Reader:
+    """Shared state of the request and response readers; subclasses build the head."""
+
+    __slots__ = (
+        "_parser",
+        "_events",
+        "_headers",
+        "_head_bytes",
+        "_in_head",
+        "_raw_in_head",
+        "_chunked",
+        "_trailer_phase",
+        "max_head_bytes",
+        "max_headers",
+    )
+
+    def __init__(self, max_head_bytes: int, max_headers: int) -> None:
+        self.max_head_bytes = max_head_bytes
+        self.max_headers = max_headers
+        self._events: list[object] = []
+        self._headers: Headers = []
+        self._head_bytes = 0
+        self._in_head = False
+        self._raw_in_head = 0
+        self._chunked = False
+        self._trailer_phase = False
+
+    # httptools callbacks -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._head_bytes = 16  # start line overhead
+        self._in_head = True
+        self._raw_in_head = 0
+        self._chunked = False
+        self._trailer_phase = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._trailer_phase:
+            return  # HTTP/1 trailers are dropped; HTTP/2 carries them (protocols issue)
+        headers = self._headers
+        if len(headers) >= self.max_headers:
+            raise HeadTooLarge(f"more than {self.max_headers} header fields")
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self.max_head_bytes:
+            raise HeadTooLarge(f"header section over {self.max_head_bytes} bytes")
+        name = name.lower()
+        if name == b"transfer-encoding" and value.lower().rstrip().endswith(b"chunked"):
+            self._chunked = True
+        headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        if body:
+            self._events.append(Data(body))
+
+    def on_message_complete(self) -> None:
+        self._events.append(END_OF_STREAM)
+
+    # feeding -------------------------------------------------------------------------
+    def _feed(self, data: bytes) -> list[object]:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, HeadTooLarge | MalformedMessage):
+                raise cause from None
+            raise MalformedMessage(str(exc)) from exc
+        except httptools.HttpParserUpgrade:
+            pass  # the head event carries upgrade=True; tunnelling is the protocols issue
+        except httptools.HttpParserError as exc:
+            raise MalformedMessage(str(exc) or "malformed HTTP/1 message") from exc
+        if self._in_head:
+            # The head is not complete yet: bound what httptools buffers for it.
+            self._raw_in_head += len(data)
+            if self._raw_in_head > self.max_head_bytes:
+                raise HeadTooLarge(f"header section over {self.max_head_bytes} bytes")
+        events, self._events = self._events, []
+        return events
+
+
+class RequestReader(_Reader):
+    """Parses requests from a downstream connection into events."""
+
+    __slots__ = ("_url",)
+
+    def __init__(
+        self, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES, max_headers: int = DEFAULT_MAX_HEADERS
+    ) -> None:
+        super().__init__(max_head_bytes, max_headers)
+        self._url = b""
+        self._parser = httptools.HttpRequestParser(self)
+
+    def feed(self, data: bytes) -> list[object]:
+        """Events completed by `data`. Raises ProtocolError for bytes we refuse."""
+        return self._feed(data)
+
+    def on_message_begin(self) -> None:
+        _Reader.on_message_begin(self)
+        self._url = b""
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > self.max_head_bytes:
+            raise HeadTooLarge("request target too long")
+
+    def on_headers_complete(self) -> None:
+        p = self._parser
+        self._in_head = False
+        self._trailer_phase = True
+        framing = _framing(self._headers, self._chunked, False)
+        self._events.append(
+            RequestHead(
+                p.get_method(),
+                self._url,
+                self._headers,
+                p.get_http_version().encode(),
+                p.should_keep_alive(),
+                NO_BODY if framing < 0 else framing,
+                p.should_upgrade(),
+            )
+        )
+
+
+class ResponseReader(_Reader):
+    """Parses responses from an upstream connection into events.
+
+    Call `expect(method)` before each request is sent: a response to HEAD has no body
+    whatever its Content-Length says (RFC 9110 section 9.3.2), which the parser cannot know.
+    """
+
+    __slots__ = ("_head_request", "_skip_body")
+
+    def __init__(
+        self, max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES, max_headers: int = DEFAULT_MAX_HEADERS
+    ) -> None:
+        super().__init__(max_head_bytes, max_headers)
+        self._head_request = False
+        self._skip_body = False
+        self._parser = httptools.HttpResponseParser(self)
+
+    def expect(self, method: bytes) -> None:
+        if self._skip_body:
+            # The last response was to HEAD: its parser may still wait for a body.
+            self._parser = httptools.HttpResponseParser(self)
+            self._skip_body = False
+        self._head_request = method == b"HEAD"
+
+    def feed(self, data: bytes) -> list[object]:
+        if self._skip_body:
+            return []  # bytes after a HEAD response's head: nothing we asked for
+        return self._feed(data)
+
+    def on_status(self, status: bytes) -> None:
+        self._head_bytes += len(status)
+
+    def on_headers_complete(self) -> None:
+        p = self._parser
+        status = p.get_status_code()
+        self._in_head = False
+        self._trailer_phase = True
+        no_body = self._head_request or status in (204, 304) or 100 <= status < 200
+        framing = _framing(self._headers, self._chunked, no_body)
+        if framing < 0:
+            framing = UNTIL_CLOSE
+        self._events.append(
+            ResponseHead(
+                status,
+                self._headers,
+                b"",
+                p.get_http_version().encode(),
+                p.should_keep_alive() and framing != UNTIL_CLOSE,
+                framing,
+            )
+        )
+        if self._head_request and status >= 200:
+            self._events.append(END_OF_STREAM)
+            self._skip_body = True
+
+    def on_message_complete(self) -> None:
+        if not self._skip_body:
+            self._events.append(END_OF_STREAM)
+
+
+# writers ---------------------------------------------------------------------------------
+
+_REASONS = {
+    100: b"Continue",
+    200: b"OK",
+    201: b"Created",
+    202: b"Accepted",
+    204: b"No Content",
+    206: b"Partial Content",
+    301: b"Moved Permanently",
+    302: b"Found",
+    303: b"See Other",
+    304: b"Not Modified",
+    307: b"Temporary Redirect",
+    308: b"Permanent Redirect",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+def reason_phrase(status: int) -> bytes:
+    return _REASONS.get(status, b"Unknown")
+
+
+def request_head_bytes(method: bytes, target: bytes, headers: Headers) -> bytes:
+    """Serialize a request head; `headers` must already carry the framing fields."""
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def response_head_bytes(status: int, headers: Headers, version: bytes = b"1.1") -> bytes:
+    """Serialize a response head; `headers` must already carry the framing fields."""
+    parts = [b"HTTP/%b %d %b\r\n" % (version, status, reason_phrase(status))]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)

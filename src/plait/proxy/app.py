@@ -1,0 +1,176 @@
+"""Proxy assembly: builds the listeners of one proxy from its parts and runs them.
+
+Read bottom-up, as linkerd2-proxy's stacks: a snapshot becomes a Runtime (routes, clusters,
+pooled hosts); each listener gets a context (how it routes, its limits, counters, access
+log); the admin server shows all of it; a ticker expires deadlines and flushes logs.
+`Proxy` owns every socket and task it starts; `aclose()` releases them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from plait.config.snapshot import Snapshot
+from plait.proxy.admin import AdminServer
+from plait.proxy.listener import GATEWAY, INBOUND, OUTBOUND, ListenerContext, ProxySettings
+from plait.proxy.runtime import ConfigHolder
+from plait.telemetry.accesslog import AccessLog
+
+__all__ = ["Proxy", "ProxyOptions"]
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class ProxyOptions:
+    """Everything `plait proxy` was asked to do; see `plait proxy --help`."""
+
+    snapshot: Snapshot
+    mode: str = "sidecar"
+    outbound: Address | None = ("127.0.0.1", 15001)
+    inbound: Address | None = ("127.0.0.1", 15006)
+    gateway: Address | None = None
+    admin: Address | None = ("127.0.0.1", 15000)
+    app: Address | None = None
+    settings: ProxySettings = field(default_factory=ProxySettings)
+    access_log: str = "-"  # "-" stdout, a path, or "off"
+    access_log_sample: float = 1.0
+    # 5 s: Istio's default terminationDrainDuration.
+    drain_timeout: float = 5.0
+
+
+class Proxy:
+    """A running proxy: listeners, admin, ticker. Use `async with` or call `aclose()`."""
+
+    def __init__(self, options: ProxyOptions) -> None:
+        self.options = options
+        self.config = ConfigHolder(options.snapshot, options.app)
+        self.access_log = (
+            None if options.access_log == "off" else AccessLog(options.access_log, options.access_log_sample)
+        )
+        self.contexts: dict[str, ListenerContext] = {}
+        self.servers: list[asyncio.Server] = []
+        self.addresses: dict[str, Address] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._ready = False
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a task owned by the proxy (cancelled and awaited by `aclose`)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self) -> None:
+        """Bind every listener; returns when all accept connections."""
+        loop = asyncio.get_running_loop()
+        wanted: list[tuple[str, Address | None]] = []
+        if self.options.mode == GATEWAY:
+            wanted.append((GATEWAY, self.options.gateway or ("0.0.0.0", 8080)))
+        else:
+            wanted.append((OUTBOUND, self.options.outbound))
+            if self.options.app is not None:
+                wanted.append((INBOUND, self.options.inbound))
+        for kind, address in wanted:
+            if address is None:
+                continue
+            ctx = ListenerContext(kind, self.options.settings, self.config, self.access_log, self.spawn)
+            server = await loop.create_server(ctx.protocol_factory, address[0], address[1], backlog=1024)
+            self.contexts[kind] = ctx
+            self.servers.append(server)
+            self.addresses[kind] = server.sockets[0].getsockname()[:2]
+        if self.options.admin is not None:
+            admin = AdminServer(lambda: self._ready, self.stats, self.config_dump)
+            server = await asyncio.start_server(admin.handle, *self.options.admin)
+            self.servers.append(server)
+            self.addresses["admin"] = server.sockets[0].getsockname()[:2]
+        self.spawn(self._tick())
+        self._ready = True
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(1.0)
+            now = loop.time()
+            for ctx in self.contexts.values():
+                ctx.tick(now)
+            cutoff = now - self.options.settings.upstream_idle_timeout
+            for host in self.config.hosts:
+                host.close_idle_before(cutoff)
+            if self.access_log is not None:
+                self.access_log.flush()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "listeners": {kind: ctx.stats_dict() for kind, ctx in self.contexts.items()},
+            "hosts": [h.stats() for h in self.config.hosts],
+            "config_version": self.config.current.snapshot.version,
+        }
+
+    def config_dump(self) -> dict[str, Any]:
+        return {
+            "mode": self.options.mode,
+            "listeners": {k: f"{a[0]}:{a[1]}" for k, a in self.addresses.items()},
+            "app": f"{self.options.app[0]}:{self.options.app[1]}" if self.options.app else None,
+            "snapshot": self.config.current.snapshot.to_dict(),
+        }
+
+    async def drain(self) -> None:
+        """Stop accepting, let streams in flight finish (up to the drain timeout)."""
+        self._ready = False
+        for server in self.servers:
+            server.close()
+        for ctx in self.contexts.values():
+            ctx.draining = True
+            for conn in list(ctx.connections):
+                if conn.stream is None:
+                    conn.close()  # idle keep-alive connection: nothing to finish
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.drain_timeout
+        while loop.time() < deadline and any(
+            conn.stream is not None for ctx in self.contexts.values() for conn in ctx.connections
+        ):
+            await asyncio.sleep(0.05)
+
+    async def aclose(self) -> None:
+        self._ready = False
+        for server in self.servers:
+            server.close()
+        for ctx in self.contexts.values():
+            for conn in list(ctx.connections):
+                conn.close()
+        for host in self.config.hosts:
+            host.close_all_idle()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.access_log is not None:
+            self.access_log.close()
+
+    async def __aenter__(self) -> Proxy:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def serve(options: ProxyOptions, on_ready: Any = None) -> None:
+    """Run a proxy until SIGTERM/SIGINT, then drain and exit."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    proxy = Proxy(options)
+    try:
+        await proxy.start()
+        if on_ready is not None:
+            on_ready(proxy)
+        await stop.wait()
+        await proxy.drain()
+    finally:
+        await proxy.aclose()

@@ -1,0 +1,119 @@
+"""`plait proxy`: parse flags, load the static snapshot, run the proxy on uvloop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from plait.config.snapshot import Snapshot, SnapshotError
+from plait.proxy.app import ProxyOptions, serve
+from plait.proxy.listener import ProxySettings
+
+__all__ = ["add_arguments", "run", "parse_address", "load_snapshot"]
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`127.0.0.1:15001`, `:15001` or `15001` -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT") from None
+    if not 0 <= number < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: port out of range")
+    return (host.strip("[]") or "127.0.0.1", number)
+
+
+def load_snapshot(path: str) -> Snapshot:
+    """Read a snapshot file (JSON, or YAML when PyYAML is wanted for .yaml/.yml)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    data: Any
+    if path.endswith((".yaml", ".yml")):
+        import yaml  # only for YAML files: JSON snapshots keep the proxy lean
+
+        data = yaml.safe_load(text)
+    else:
+        data = json.loads(text)
+    return Snapshot.from_dict(data)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, metavar="FILE", help="static snapshot file (JSON or YAML)")
+    p.add_argument("--mode", choices=("sidecar", "gateway"), default="sidecar",
+                   help="sidecar: outbound + inbound for one app; gateway: entry for outside traffic")
+    p.add_argument("--outbound", type=parse_address, default=("127.0.0.1", 15001), metavar="ADDR",
+                   help="outbound listener for the app's calls (default 127.0.0.1:15001)")
+    p.add_argument("--inbound", type=parse_address, default=("127.0.0.1", 15006), metavar="ADDR",
+                   help="inbound listener for calls to the app (default 127.0.0.1:15006)")
+    p.add_argument("--admin", type=parse_address, default=("127.0.0.1", 15000), metavar="ADDR",
+                   help="admin listener: /ready /config_dump /stats (default 127.0.0.1:15000)")
+    p.add_argument("--gateway-listen", type=parse_address, default=("0.0.0.0", 8080), metavar="ADDR",
+                   help="gateway mode: listener for outside traffic (default 0.0.0.0:8080)")
+    p.add_argument("--app", type=parse_address, default=None, metavar="ADDR",
+                   help="the local app's address; enables the inbound listener")
+    p.add_argument("--access-log", default="-", metavar="PATH",
+                   help="'-' for stdout (default), a file path, or 'off'")
+    p.add_argument("--access-log-sample", type=float, default=1.0, metavar="FRACTION",
+                   help="fraction of successful requests logged; errors always are (default 1.0)")
+    p.add_argument("--idle-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="close idle client keep-alive connections after this long (default 300)")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="408 when a request head takes longer than this (default 10)")
+    p.add_argument("--upstream-idle-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="close pooled upstream connections idle this long (default 10)")
+    p.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="upstream connect timeout (default 5)")
+    p.add_argument("--drain-timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="on SIGTERM, let requests in flight finish this long (default 5)")
+    p.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        snapshot = load_snapshot(args.config)
+    except OSError as exc:
+        print(f"plait proxy: cannot read {args.config}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except (SnapshotError, ValueError) as exc:
+        print(f"plait proxy: {args.config}: {exc}", file=sys.stderr)
+        return 2
+    options = ProxyOptions(
+        snapshot=snapshot,
+        mode=args.mode,
+        outbound=args.outbound,
+        inbound=args.inbound,
+        gateway=args.gateway_listen,
+        admin=args.admin,
+        app=args.app,
+        settings=ProxySettings(
+            header_timeout=args.header_timeout,
+            idle_timeout=args.idle_timeout,
+            upstream_idle_timeout=args.upstream_idle_timeout,
+            connect_timeout=args.connect_timeout,
+        ),
+        access_log=args.access_log,
+        access_log_sample=args.access_log_sample,
+        drain_timeout=args.drain_timeout,
+    )
+
+    def announce(proxy: Any) -> None:
+        listening = ", ".join(f"{k} {h}:{p}" for k, (h, p) in proxy.addresses.items())
+        print(f"plait proxy ({args.mode}) ready: {listening}", file=sys.stderr, flush=True)
+
+    runner: Any = asyncio.run
+    if not args.no_uvloop:
+        import uvloop
+
+        runner = uvloop.run
+    try:
+        runner(serve(options, announce))
+    except OSError as exc:
+        print(f"plait proxy: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,648 @@
+"""Downstream side: the HTTP/1.1 connection manager and the life of one stream.
+
+`DownstreamConnection` is an asyncio Protocol (no reader task): `data_received` feeds the h1
+codec and dispatches its events. A `Stream` is one request/response exchange; it routes the
+request, picks a host, attaches a pooled upstream connection (connecting if none is idle),
+pipes the body both ways with backpressure, and finishes with one access-log entry.
+
+Backpressure: each socket's write buffer has an explicit high-water mark. When the upstream
+socket is full we pause reading the downstream socket, and vice versa, so a 1 GiB body
+crosses the proxy holding about one read's worth of bytes.
+
+Failures become Envoy-style local replies with a response flag (see `local_reply`).
+Pipelined requests wait in `queued` until the response before them is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from time import monotonic
+from typing import TYPE_CHECKING
+
+from plait.proto.errors import ProtocolError
+from plait.proto.events import (
+    CHUNKED,
+    END_OF_STREAM,
+    LENGTH,
+    NO_BODY,
+    UNTIL_CLOSE,
+    Data,
+    Headers,
+    RequestHead,
+    ResponseHead,
+)
+from plait.proto.h1 import (
+    HOP_BY_HOP,
+    LAST_CHUNK,
+    RequestReader,
+    chunk,
+    request_head_bytes,
+    response_head_bytes,
+)
+from plait.proxy.local_reply import local_reply_bytes
+from plait.proxy.upstream import WRITE_HIGH_WATER, Host, UpstreamConnection
+
+if TYPE_CHECKING:
+    from plait.proxy.listener import ListenerContext
+    from plait.proxy.upstream import ClusterRuntime
+
+__all__ = ["DownstreamConnection", "Stream"]
+
+# Request bodies up to this size are kept so a stale pooled connection can be retried.
+REPLAY_LIMIT = 64 * 1024
+# Reasons to stop reading the downstream socket (a bit each; read resumes when none is left).
+PAUSE_PIPELINE = 1  # a later request waits for the current response
+PAUSE_UPSTREAM = 2  # the upstream socket's write buffer is full
+PAUSE_CONNECTING = 4  # body bytes wait for an upstream connection
+# RFC 9110 section 9.2.2: methods a client may repeat without changing the outcome.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+# Connect failures are retried on another host this many times (never a 5xx: see issue 4).
+CONNECT_RETRIES = 2
+
+
+def _request_id() -> bytes:
+    """A random (version 4) UUID, built without the uuid module's overhead."""
+    h = os.urandom(16).hex()
+    variant = "89ab"[int(h[16], 16) & 3]
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}".encode()
+
+
+class DownstreamConnection(asyncio.Protocol):
+    """One client connection on a listener; owns at most one active stream at a time."""
+
+    __slots__ = (
+        "ctx",
+        "transport",
+        "reader",
+        "stream",
+        "queued",
+        "pause_bits",
+        "deadline",
+        "deadline_kind",
+        "closed",
+        "peer",
+        "write_paused",
+        "deferred_error",
+    )
+
+    def __init__(self, ctx: ListenerContext) -> None:
+        self.ctx = ctx
+        self.transport: asyncio.Transport | None = None
+        self.reader = RequestReader(ctx.settings.max_head_bytes, ctx.settings.max_headers)
+        self.stream: Stream | None = None
+        self.queued: list[object] = []
+        self.pause_bits = 0
+        self.deadline = 0.0
+        self.deadline_kind = 0  # 1: request head due (408), 2: idle keep-alive (close)
+        self.closed = False
+        self.peer = ""
+        self.write_paused = False
+        self.deferred_error: ProtocolError | None = None
+
+    # asyncio callbacks ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else ""
+        ctx = self.ctx
+        ctx.connections.add(self)
+        ctx.stats.cx_total += 1
+        # A new connection must send a request head within the header timeout (slowloris).
+        self.deadline = ctx.loop.time() + ctx.settings.header_timeout
+        self.deadline_kind = 1
+
+    def data_received(self, data: bytes) -> None:
+        if self.stream is None and self.deadline_kind == 2:
+            # First bytes of a new request on an idle connection: the head is now due.
+            self.deadline = self.ctx.loop.time() + self.ctx.settings.header_timeout
+            self.deadline_kind = 1
+        try:
+            events = self.reader.feed(data)
+        except ProtocolError as exc:
+            if self.stream is not None:
+                # Answer the request in flight first; then refuse the bad one and close.
+                self.deferred_error = exc
+                self.pause_reading(PAUSE_PIPELINE)
+                return
+            self.refuse(exc)
+            return
+        if self.queued:
+            self.queued.extend(events)
+        else:
+            self.dispatch(events)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.ctx.connections.discard(self)
+        stream = self.stream
+        if stream is not None:
+            self.stream = None
+            stream.downstream_closed()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        stream = self.stream
+        if stream is not None and stream.upstream is not None:
+            stream.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        stream = self.stream
+        if stream is not None and stream.upstream is not None:
+            stream.upstream.resume_reading()
+
+    # dispatch ------------------------------------------------------------------------
+    def dispatch(self, events: list[object]) -> None:
+        for i, event in enumerate(events):
+            stream = self.stream
+            if type(event) is RequestHead:
+                if stream is not None:
+                    # Pipelined: wait until the response before it has been written.
+                    self.queued = events[i:]
+                    self.pause_reading(PAUSE_PIPELINE)
+                    return
+                self.deadline_kind = 0
+                self.stream = Stream(self, event)
+                self.stream.start()
+            elif stream is not None:
+                if type(event) is Data:
+                    stream.request_data(event.data)  # type: ignore[attr-defined]
+                elif event is END_OF_STREAM:
+                    stream.request_end()
+            if self.closed:
+                return
+
+    def stream_done(self, stream: Stream, keep_alive: bool) -> None:
+        """Called once per stream when both request and response are complete."""
+        if self.stream is not stream:
+            return
+        self.stream = None
+        if self.closed:
+            return
+        if not keep_alive:
+            self.close()
+            return
+        ctx = self.ctx
+        self.deadline = ctx.loop.time() + ctx.settings.idle_timeout
+        self.deadline_kind = 2
+        if self.deferred_error is not None:
+            self.refuse(self.deferred_error)
+            return
+        if self.queued:
+            queued, self.queued = self.queued, []
+            self.dispatch(queued)
+        if not self.queued:
+            self.resume_reading(PAUSE_PIPELINE)
+
+    # helpers -------------------------------------------------------------------------
+    def refuse(self, exc: ProtocolError) -> None:
+        """A request we will not parse further: local reply, then close (RFC 9112 s. 9.6)."""
+        ctx = self.ctx
+        ctx.stats.downstream_protocol_errors += 1
+        self.write(local_reply_bytes(exc.status, "DPE", exc.reason.encode(), close=True))
+        ctx.log_refusal(self, exc.status, exc.reason)
+        self.close()
+
+    def on_deadline(self, now: float) -> None:
+        """The ticker calls this when `deadline` has passed."""
+        if self.deadline_kind == 1:
+            self.ctx.stats.downstream_rq_timeout += 1
+            self.write(local_reply_bytes(408, "DPE", b"request head not received in time", close=True))
+            self.ctx.log_refusal(self, 408, "request header timeout")
+        self.close()
+
+    def write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+    def pause_reading(self, bit: int) -> None:
+        if not self.pause_bits and self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+        self.pause_bits |= bit
+
+    def resume_reading(self, bit: int) -> None:
+        if not self.pause_bits & bit:
+            return
+        self.pause_bits &= ~bit
+        if not self.pause_bits and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+
+class Stream:
+    """One request/response exchange, from head received to access-log entry written."""
+
+    __slots__ = (
+        "down",
+        "head",
+        "authority",
+        "path",
+        "method",
+        "cluster",
+        "host",
+        "upstream",
+        "tried",
+        "up_head",
+        "pending_body",
+        "replay",
+        "replay_size",
+        "request_complete",
+        "response_started",
+        "response_complete",
+        "response_chunked",
+        "down_keep_alive",
+        "up_keep_alive",
+        "status",
+        "flags",
+        "started",
+        "bytes_received",
+        "bytes_sent",
+        "timer",
+        "request_id",
+        "route",
+        "finished",
+        "connecting",
+        "response_framing",
+    )
+
+    def __init__(self, down: DownstreamConnection, head: RequestHead) -> None:
+        self.down = down
+        self.head = head
+        self.method = head.method
+        self.authority = b""
+        self.path = b""
+        self.cluster: ClusterRuntime | None = None
+        self.host: Host | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.tried: tuple[Host, ...] = ()
+        self.up_head = b""
+        self.pending_body: list[bytes] = []
+        self.replay: list[bytes] | None = []
+        self.replay_size = 0
+        self.request_complete = head.framing == NO_BODY
+        self.response_started = False
+        self.response_complete = False
+        self.response_chunked = False
+        self.down_keep_alive = head.keep_alive
+        self.up_keep_alive = True
+        self.status = 0
+        self.flags = ""
+        # monotonic(), not loop.time(): uvloop's clock is cached at millisecond resolution.
+        self.started = monotonic()
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self.request_id = b""
+        self.route = ""
+        self.finished = False
+        self.connecting = False
+        self.response_framing = NO_BODY
+
+    # request side --------------------------------------------------------------------
+    def start(self) -> None:
+        down = self.down
+        ctx = down.ctx
+        ctx.stats.rq_total += 1
+        head = self.head
+        target = head.target
+        host_header = b""
+        forward: Headers = []
+        connection_tokens: tuple[bytes, ...] = ()
+        request_id = b""
+        for name, value in head.headers:
+            if name == b"host":
+                host_header = value
+            elif name == b"connection":
+                connection_tokens += tuple(t.strip().lower() for t in value.split(b","))
+            elif name == b"x-request-id":
+                request_id = value
+        if target[:1] == b"/":
+            self.authority, self.path = host_header, target
+        elif target[:7].lower() == b"http://":
+            # Absolute form (a client using us as HTTP_PROXY): the URL's authority wins
+            # over Host (RFC 9112 section 3.2.2) and origin form goes upstream.
+            rest = target[7:]
+            slash = rest.find(b"/")
+            self.authority, self.path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+            host_header = self.authority
+        else:
+            self.local_reply(400, "DPE", b"unsupported request target")
+            return
+        if not host_header and head.version == b"1.1":
+            self.local_reply(400, "DPE", b"missing Host header")  # RFC 9112 section 3.2
+            return
+        drop = HOP_BY_HOP.union(connection_tokens) if connection_tokens else HOP_BY_HOP
+        for name, value in head.headers:
+            if name in drop or name == b"host" or name == b"content-length":
+                continue
+            forward.append((name, value))
+        if not request_id:
+            request_id = _request_id()
+            forward.append((b"x-request-id", request_id))
+        self.request_id = request_id
+        forward.insert(0, (b"host", host_header))
+        if head.framing == LENGTH:
+            for name, value in head.headers:
+                if name == b"content-length":
+                    forward.append((b"content-length", value))
+                    break
+        elif head.framing == CHUNKED:
+            forward.append((b"transfer-encoding", b"chunked"))
+        ctx.add_request_headers(self, forward)
+        query = self.path.find(b"?")
+        path = self.path if query < 0 else self.path[:query]
+        decision = ctx.route(self.authority, head.method, path, forward)
+        if decision is None:
+            self.local_reply(404, "NR")
+            return
+        cluster, self.route, timeout_ms = decision
+        if cluster is None:
+            self.local_reply(503, "UH")
+            return
+        self.cluster = cluster
+        self.up_head = request_head_bytes(head.method, self.path, forward)
+        if timeout_ms:
+            self.timer = ctx.loop.call_later(timeout_ms / 1000, self.on_timeout)
+        self.pick_and_send()
+
+    def pick_and_send(self, fresh: bool = False) -> None:
+        """Pick a host and send on an idle pooled connection, or connect (`fresh`: always)."""
+        cluster = self.cluster
+        assert cluster is not None
+        host = cluster.pick(self.tried)
+        if host is None:
+            self.local_reply(503, "UH")
+            return
+        self.host = host
+        self.tried += (host,)
+        host.active += 1
+        host.rq_total += 1
+        conn = None if fresh else host.take_idle()
+        if conn is not None:
+            self.attach(conn)
+            return
+        self.connecting = True
+        ctx = self.down.ctx
+        if not self.request_complete:
+            self.down.pause_reading(PAUSE_CONNECTING)
+        ctx.spawn(self.connect(host))
+
+    async def connect(self, host: Host) -> None:
+        ctx = self.down.ctx
+        try:
+            conn = await host.open_connection(ctx.settings.connect_timeout)
+        except (OSError, TimeoutError):
+            self.connecting = False
+            host.active -= 1
+            self.host = None
+            if self.finished:
+                return
+            ctx.stats.upstream_cx_connect_fail += 1
+            if len(self.tried) <= CONNECT_RETRIES:
+                ctx.stats.upstream_rq_retry += 1
+                self.pick_and_send()
+            else:
+                self.local_reply(503, "UF")
+            return
+        self.connecting = False
+        if self.finished:
+            host.active -= 1
+            host.put_idle(conn, ctx.loop.time())
+            return
+        self.attach(conn)
+
+    def attach(self, conn: UpstreamConnection) -> None:
+        self.upstream = conn
+        conn.stream = self
+        conn.reader.expect(self.method)
+        transport = conn.transport
+        assert transport is not None
+        transport.write(self.up_head)
+        pending = self.pending_body
+        if pending:
+            self.pending_body = []
+            for piece in pending:
+                transport.write(piece)
+        if self.down.write_paused:
+            conn.pause_reading()
+        self.down.resume_reading(PAUSE_CONNECTING)
+
+    def request_data(self, data: bytes) -> None:
+        self.bytes_received += len(data)
+        if self.finished:
+            return
+        piece = chunk(data) if self.head.framing == CHUNKED else data
+        if self.replay is not None:
+            self.replay_size += len(piece)
+            if self.replay_size <= REPLAY_LIMIT:
+                self.replay.append(piece)
+            else:
+                self.replay = None
+        upstream = self.upstream
+        if upstream is not None:
+            assert upstream.transport is not None
+            upstream.transport.write(piece)
+        else:
+            self.pending_body.append(piece)
+
+    def request_end(self) -> None:
+        self.request_complete = True
+        if self.head.framing == CHUNKED and not self.finished:
+            if self.replay is not None:
+                self.replay.append(LAST_CHUNK)
+            upstream = self.upstream
+            if upstream is not None and upstream.transport is not None:
+                upstream.transport.write(LAST_CHUNK)
+            else:
+                self.pending_body.append(LAST_CHUNK)
+        if self.response_complete or self.finished:
+            self.done()
+
+    # response side -------------------------------------------------------------------
+    def on_upstream_event(self, conn: UpstreamConnection, event: object) -> None:
+        down = self.down
+        kind = type(event)
+        if kind is Data:
+            data = event.data  # type: ignore[attr-defined]
+            self.bytes_sent += len(data)
+            down.write(chunk(data) if self.response_chunked else data)
+        elif kind is ResponseHead:
+            self.response_head(event)  # type: ignore[arg-type]
+        elif event is END_OF_STREAM and self.response_started:
+            self.response_end()
+
+    def response_head(self, head: ResponseHead) -> None:
+        status = head.status
+        down = self.down
+        if status < 200:
+            if status == 100 and self.head.version == b"1.1":
+                down.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return  # interim responses: wait for the final one
+        self.status = status
+        self.response_started = True
+        self.up_keep_alive = head.keep_alive
+        headers: Headers = []
+        connection_tokens: tuple[bytes, ...] = ()
+        for name, value in head.headers:
+            if name == b"connection":
+                connection_tokens += tuple(t.strip().lower() for t in value.split(b","))
+        drop = HOP_BY_HOP.union(connection_tokens) if connection_tokens else HOP_BY_HOP
+        for item in head.headers:
+            if item[0] not in drop:
+                headers.append(item)
+        framing = self.response_framing = head.framing
+        client_11 = self.head.version == b"1.1"
+        if framing == CHUNKED or framing == UNTIL_CLOSE:
+            if client_11:
+                headers.append((b"transfer-encoding", b"chunked"))
+                self.response_chunked = True
+            else:
+                self.down_keep_alive = False  # HTTP/1.0 client: the close delimits the body
+        if not self.request_complete:
+            # The upstream answered before the body was sent (a 413, say): the rest of the
+            # request body cannot be skipped safely on a reused connection.
+            self.down_keep_alive = False
+            self.up_keep_alive = False
+        ctx = down.ctx
+        if not self.down_keep_alive or ctx.draining:
+            self.down_keep_alive = False
+            headers.append((b"connection", b"close"))
+        elif not client_11:
+            headers.append((b"connection", b"keep-alive"))
+        down.write(response_head_bytes(status, headers))
+        if framing == NO_BODY:
+            self.response_end()
+
+    def response_end(self) -> None:
+        self.response_complete = True
+        if self.response_chunked:
+            self.down.write(LAST_CHUNK)
+        conn = self.upstream
+        self.upstream = None
+        if conn is not None:
+            if self.up_keep_alive and self.request_complete and self.host is not None:
+                self.host.put_idle(conn, self.down.ctx.loop.time())
+            else:
+                conn.close()
+        # A response that ends before its request closes the downstream (see done()).
+        self.done()
+
+    # failures ------------------------------------------------------------------------
+    def on_upstream_closed(self, conn: UpstreamConnection) -> None:
+        if conn is not self.upstream or self.finished:
+            return
+        self.upstream = None
+        if self.response_started:
+            if self.response_framing == UNTIL_CLOSE:
+                self.response_end()  # the close is how this response ends (RFC 9112 s. 6.3)
+                return
+            self.flags = self.flags or "UC"
+            self.down_keep_alive = False
+            self.down.close()
+            self.done()
+            return
+        if (
+            conn.reused
+            and not conn.got_bytes
+            and self.replay is not None
+            and self.method in IDEMPOTENT
+        ):
+            # A pooled connection the peer had already closed: retry on a new connection.
+            if self.host is not None:
+                self.host.active -= 1
+                self.host = None
+            self.pending_body = list(self.replay)
+            self.tried = self.tried[:-1]
+            self.down.ctx.stats.upstream_rq_retry += 1
+            self.pick_and_send(fresh=True)
+            return
+        self.local_reply(503, "UC")
+
+    def on_upstream_protocol_error(self, conn: UpstreamConnection, exc: ProtocolError) -> None:
+        conn.abort()
+        self.upstream = None
+        if self.response_started:
+            self.flags = "UPE"
+            self.down.close()
+            self.done()
+        else:
+            self.local_reply(502, "UPE", b"upstream sent an invalid response: " + exc.reason.encode())
+
+    def on_timeout(self) -> None:
+        self.timer = None
+        if self.finished:
+            return
+        self.down.ctx.stats.upstream_rq_timeout += 1
+        conn = self.upstream
+        self.upstream = None
+        if conn is not None:
+            conn.abort()
+        if self.response_started:
+            self.flags = "UT"
+            self.down.close()
+            self.done()
+        else:
+            self.local_reply(504, "UT")
+
+    def downstream_closed(self) -> None:
+        if self.finished:
+            return
+        self.flags = self.flags or "DC"
+        conn = self.upstream
+        self.upstream = None
+        if conn is not None:
+            conn.abort()
+        self.down_keep_alive = False
+        self.done()
+
+    def upstream_buffer_full(self) -> None:
+        self.down.pause_reading(PAUSE_UPSTREAM)
+
+    def upstream_buffer_drained(self) -> None:
+        self.down.resume_reading(PAUSE_UPSTREAM)
+
+    def local_reply(self, status: int, flags: str, detail: bytes | None = None) -> None:
+        """Answer the request ourselves. Before the request is read whole we close after."""
+        conn = self.upstream
+        self.upstream = None
+        if conn is not None:
+            conn.abort()
+        self.status = status
+        self.flags = flags
+        self.response_started = True
+        self.response_complete = True
+        close = not self.request_complete or not self.down_keep_alive or self.down.ctx.draining
+        if close:
+            self.down_keep_alive = False
+        body = local_reply_bytes(status, flags, detail, close=close)
+        self.bytes_sent = 0
+        self.down.write(body)
+        self.done()
+
+    def done(self) -> None:
+        """Account for the stream once, release what it holds, hand the connection back."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        host = self.host
+        if host is not None and not self.connecting:
+            host.active -= 1
+        conn = self.upstream
+        if conn is not None:
+            self.upstream = None
+            conn.abort()
+        down = self.down
+        down.ctx.record(self)
+        keep_alive = self.down_keep_alive and self.request_complete and not down.closed
+        down.stream_done(self, keep_alive)
+

@@ -1,0 +1,168 @@
+"""Listeners: the sockets a proxy accepts on, and the context their connections share.
+
+Each listener (outbound 15001, inbound 15006, gateway) has a `ListenerContext`: its settings,
+how it routes (`route`), its counters, the access log and the set of open connections. A
+ticker visits every connection once a second for header and idle deadlines, which costs far
+less per request than a timer per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from time import monotonic
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from plait.proto.events import Headers
+from plait.proxy.downstream import DownstreamConnection
+from plait.proxy.runtime import APP_CLUSTER, ConfigHolder
+from plait.proxy.upstream import ClusterRuntime
+from plait.telemetry.accesslog import AccessLog
+from plait.telemetry.stats import ListenerStats
+
+if TYPE_CHECKING:
+    from plait.proxy.downstream import Stream
+
+__all__ = ["ListenerContext", "ProxySettings", "OUTBOUND", "INBOUND", "GATEWAY"]
+
+OUTBOUND, INBOUND, GATEWAY = "outbound", "inbound", "gateway"
+
+RouteResult = tuple[ClusterRuntime | None, str, int] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """Limits and timeouts; every default carries its reason."""
+
+    # 10 s to send a request head: Envoy's request_headers_timeout guidance against slowloris.
+    header_timeout: float = 10.0
+    # Idle keep-alive connections from clients close after 5 min (configurable per proxy).
+    idle_timeout: float = 300.0
+    # Pooled upstream connections idle longer than 10 s are closed before the app does it
+    # (many app servers close idle sockets after 5-60 s; closing first avoids stale reuse).
+    upstream_idle_timeout: float = 10.0
+    # 5 s to connect to an upstream: loopback/LAN connects take microseconds; a black hole
+    # should fail fast enough for the request to be retried elsewhere.
+    connect_timeout: float = 5.0
+    max_head_bytes: int = 60 * 1024
+    max_headers: int = 100
+
+
+class ListenerContext:
+    """What the connections of one listener share. Owned by the proxy app."""
+
+    def __init__(
+        self,
+        kind: str,
+        settings: ProxySettings,
+        config: ConfigHolder,
+        access_log: AccessLog | None,
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+    ) -> None:
+        self.kind = kind
+        self.settings = settings
+        self.config = config
+        self.access_log = access_log
+        self.spawn = spawn
+        self.loop = asyncio.get_running_loop()
+        self.stats = ListenerStats()
+        self.connections: set[DownstreamConnection] = set()
+        self.draining = False
+        self.route: Callable[[bytes, bytes, bytes, Headers], RouteResult] = {
+            OUTBOUND: self._route_outbound,
+            GATEWAY: self._route_gateway,
+            INBOUND: self._route_inbound,
+        }[kind]
+
+    def protocol_factory(self) -> DownstreamConnection:
+        return DownstreamConnection(self)
+
+    # routing -------------------------------------------------------------------------
+    def _route_outbound(self, authority: bytes, method: bytes, path: bytes, headers: Headers) -> RouteResult:
+        runtime = self.config.current
+        decision = runtime.table.outbound(authority, method, path, headers)
+        if decision is None:
+            return None
+        cluster = runtime.clusters.get(decision.service)
+        return (cluster if cluster and cluster.hosts else None, decision.route, decision.timeout_ms)
+
+    def _route_gateway(self, authority: bytes, method: bytes, path: bytes, headers: Headers) -> RouteResult:
+        runtime = self.config.current
+        decision = runtime.table.gateway(authority, method, path, headers)
+        if decision is None:
+            return None
+        cluster = runtime.clusters.get(decision.service)
+        return (cluster if cluster and cluster.hosts else None, decision.route, decision.timeout_ms)
+
+    def _route_inbound(self, authority: bytes, method: bytes, path: bytes, headers: Headers) -> RouteResult:
+        cluster = self.config.current.clusters.get(APP_CLUSTER)
+        return (cluster, "inbound|app", 0)
+
+    def add_request_headers(self, stream: Stream, headers: Headers) -> None:
+        if self.kind == GATEWAY:
+            # Edge of the mesh: record the client (RFC 7239's de-facto predecessor XFF).
+            peer = stream.down.peer.rpartition(":")[0].encode()
+            for i, (name, value) in enumerate(headers):
+                if name == b"x-forwarded-for":
+                    headers[i] = (name, value + b", " + peer)
+                    break
+            else:
+                headers.append((b"x-forwarded-for", peer))
+            headers.append((b"x-forwarded-proto", b"http"))
+
+    # accounting ----------------------------------------------------------------------
+    def record(self, stream: Stream) -> None:
+        self.stats.record_status(stream.status, stream.flags)
+        log = self.access_log
+        if log is not None and log.wants(stream.status, stream.flags):
+            now = monotonic()
+            wall = time.time()
+            head = stream.head
+            host = stream.host
+            cluster = stream.cluster
+            log.write(
+                {
+                    "time": log.timestamp(wall - (now - stream.started)),
+                    "listener": self.kind,
+                    "method": head.method.decode("latin-1"),
+                    "authority": stream.authority.decode("latin-1"),
+                    "path": stream.path.decode("latin-1"),
+                    "protocol": "HTTP/" + head.version.decode(),
+                    "status": stream.status,
+                    "response_flags": stream.flags or "-",
+                    "upstream_host": host.label if host is not None else None,
+                    "upstream_cluster": f"{cluster.name}.{cluster.namespace}" if cluster else None,
+                    "route": stream.route or None,
+                    "duration_ms": round((now - stream.started) * 1000, 3),
+                    "bytes_received": stream.bytes_received,
+                    "bytes_sent": stream.bytes_sent,
+                    "request_id": stream.request_id.decode("latin-1") or None,
+                    "downstream_peer": stream.down.peer,
+                }
+            )
+
+    def log_refusal(self, conn: DownstreamConnection, status: int, reason: str) -> None:
+        """A request refused before it became a stream (400, 408, 431)."""
+        self.stats.record_status(status, "DPE")
+        log = self.access_log
+        if log is not None:
+            log.write(
+                {
+                    "time": log.timestamp(time.time()),
+                    "listener": self.kind,
+                    "status": status,
+                    "response_flags": "DPE",
+                    "detail": reason,
+                    "downstream_peer": conn.peer,
+                }
+            )
+
+    def tick(self, now: float) -> None:
+        """Once a second: expire header/idle deadlines."""
+        for conn in [c for c in self.connections if c.deadline_kind and c.deadline <= now]:
+            conn.on_deadline(now)
+
+    def stats_dict(self) -> dict[str, int]:
+        return self.stats.as_dict(len(self.connections))

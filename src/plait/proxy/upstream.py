@@ -1,0 +1,267 @@
+"""Upstream side: clusters of hosts, per-host connection pools, the upstream connection.
+
+A `Host` is one endpoint at run time: it counts requests in flight (for the balancer) and
+keeps idle keep-alive connections (LIFO: the most recently used socket is the least likely
+to have been closed by the peer). Hosts outlive snapshots: a new snapshot that lists the
+same address reuses the Host, so its pool survives a config push.
+
+`UpstreamConnection` is an asyncio Protocol: it parses responses with the h1 codec and hands
+events to the stream attached to it; it has no task of its own. Connecting is the one
+place that awaits; the caller owns that task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from plait.config.snapshot import Cluster, Endpoint
+from plait.proto.errors import ProtocolError
+from plait.proto.h1 import ResponseReader
+from plait.proxy.balance import LeastRequest, RoundRobin, make_balancer
+
+if TYPE_CHECKING:
+    from plait.proxy.downstream import Stream
+
+__all__ = ["ClusterRuntime", "Host", "HostRegistry", "UpstreamConnection"]
+
+# Above this many bytes queued for a socket we pause the other side (explicit high water).
+WRITE_HIGH_WATER = 64 * 1024
+# Idle pooled connections kept per host; more are closed rather than hoarded.
+MAX_IDLE_PER_HOST = 64
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One HTTP/1.1 connection to a host, carrying one stream at a time."""
+
+    __slots__ = (
+        "host",
+        "transport",
+        "reader",
+        "stream",
+        "closed",
+        "reused",
+        "idle_since",
+        "reading_paused",
+        "got_bytes",
+    )
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.transport: asyncio.Transport | None = None
+        self.reader = ResponseReader()
+        self.stream: Stream | None = None
+        self.closed = False
+        self.reused = False  # True once it has served a request: a stale socket may fail
+        self.idle_since = 0.0
+        self.reading_paused = False
+        self.got_bytes = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER)
+
+    def data_received(self, data: bytes) -> None:
+        stream = self.stream
+        if stream is None:
+            self.close()  # bytes nobody asked for: the connection is not safe to reuse
+            return
+        self.got_bytes = True
+        try:
+            events = self.reader.feed(data)
+        except ProtocolError as exc:
+            stream.on_upstream_protocol_error(self, exc)
+            return
+        for event in events:
+            stream.on_upstream_event(self, event)
+            if self.stream is not stream:
+                break  # the stream finished (or failed) on this event
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        stream = self.stream
+        if stream is not None:
+            self.stream = None
+            stream.on_upstream_closed(self)
+        else:
+            self.host.forget_idle(self)
+
+    def pause_writing(self) -> None:
+        if self.stream is not None:
+            self.stream.upstream_buffer_full()
+
+    def resume_writing(self) -> None:
+        if self.stream is not None:
+            self.stream.upstream_buffer_drained()
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.stream = None
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+        self.host.forget_idle(self)
+
+    def abort(self) -> None:
+        """Drop the connection at once (the exchange on it can no longer complete)."""
+        self.stream = None
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+        self.host.forget_idle(self)
+
+
+class Host:
+    """One endpoint at run time: load, pool and counters; shared by the clusters listing it."""
+
+    __slots__ = (
+        "address",
+        "port",
+        "labels",
+        "workload",
+        "active",
+        "idle",
+        "cx_total",
+        "cx_connect_fail",
+        "rq_total",
+        "label",
+    )
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.address = endpoint.address
+        self.port = endpoint.port
+        self.labels: Mapping[str, str] = endpoint.labels
+        self.workload = endpoint.workload
+        self.label = f"{self.address}:{self.port}"
+        self.active = 0
+        self.idle: list[UpstreamConnection] = []
+        self.cx_total = 0
+        self.cx_connect_fail = 0
+        self.rq_total = 0
+
+    def take_idle(self) -> UpstreamConnection | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    def put_idle(self, conn: UpstreamConnection, now: float) -> None:
+        if conn.closed or conn.reading_paused or len(self.idle) >= MAX_IDLE_PER_HOST:
+            conn.close()
+            return
+        conn.stream = None
+        conn.reused = True
+        conn.got_bytes = False
+        conn.idle_since = now
+        self.idle.append(conn)
+
+    def forget_idle(self, conn: UpstreamConnection) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def close_idle_before(self, cutoff: float) -> None:
+        """Close pooled connections idle since before `cutoff` (called by the ticker)."""
+        for conn in [c for c in self.idle if c.idle_since < cutoff]:
+            conn.close()
+
+    def close_all_idle(self) -> None:
+        for conn in list(self.idle):
+            conn.close()
+
+    async def open_connection(self, timeout: float) -> UpstreamConnection:
+        """Connect a new pooled connection; raises OSError or TimeoutError on failure."""
+        loop = asyncio.get_running_loop()
+        self.cx_total += 1
+        try:
+            async with asyncio.timeout(timeout):
+                _, proto = await loop.create_connection(
+                    lambda: UpstreamConnection(self), self.address, self.port
+                )
+        except (OSError, TimeoutError):
+            self.cx_connect_fail += 1
+            raise
+        return proto
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "address": self.label,
+            "workload": self.workload,
+            "active": self.active,
+            "idle_connections": len(self.idle),
+            "cx_total": self.cx_total,
+            "cx_connect_fail": self.cx_connect_fail,
+            "rq_total": self.rq_total,
+        }
+
+
+class HostRegistry:
+    """All hosts of a proxy by address, so pools survive snapshot swaps."""
+
+    __slots__ = ("_hosts",)
+
+    def __init__(self) -> None:
+        self._hosts: dict[tuple[str, int], Host] = {}
+
+    def host_for(self, endpoint: Endpoint) -> Host:
+        host = self._hosts.get(endpoint.key)
+        if host is None:
+            host = self._hosts[endpoint.key] = Host(endpoint)
+        else:
+            host.labels, host.workload = endpoint.labels, endpoint.workload
+        return host
+
+    def retain(self, keep: Iterable[Host]) -> None:
+        """Drop hosts no snapshot lists any more, closing their idle connections."""
+        wanted = {(h.address, h.port) for h in keep}
+        for key in [k for k in self._hosts if k not in wanted]:
+            self._hosts.pop(key).close_all_idle()
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self._hosts.values()))
+
+
+class ClusterRuntime:
+    """A service at run time: its healthy hosts and the balancer over them."""
+
+    __slots__ = ("name", "namespace", "hosts", "balancer")
+
+    def __init__(
+        self,
+        name: str,
+        namespace: str,
+        hosts: tuple[Host, ...],
+        lb_kind: str = "LEAST_REQUEST",
+    ) -> None:
+        self.name = name
+        self.namespace = namespace
+        self.hosts = hosts
+        self.balancer: RoundRobin | LeastRequest = make_balancer(lb_kind, hosts)
+
+    @classmethod
+    def from_cluster(
+        cls, cluster: Cluster, registry: HostRegistry, lb_kind: str = "LEAST_REQUEST"
+    ) -> ClusterRuntime:
+        hosts = tuple(registry.host_for(e) for e in cluster.endpoints if e.healthy)
+        return cls(cluster.name, cluster.namespace, hosts, lb_kind)
+
+    def pick(self, avoid: tuple[Host, ...] = ()) -> Host | None:
+        host = self.balancer.pick(avoid)
+        return host  # type: ignore[return-value]
+
+
+ConnectCallback = Callable[[UpstreamConnection | None, BaseException | None], None]
