@@ -1,0 +1,59 @@
+# plait: `make demo` runs the Bookinfo mesh, `make test` runs the suite. Both set up what
+# they need on a fresh machine: a virtualenv, Python packages, Debian packages (as root).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Debian packages the tests drive as real peers and clients (command -> package).
+TEST_DEBS := curl:curl wrk:wrk
+MESH   ?= examples/bookinfo/mesh.yaml
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint bench venv debs clean help
+
+help:
+	@echo "make demo   run the Bookinfo demo (plait up $(MESH)); Ctrl-C stops it"
+	@echo "make test   install everything needed and run the whole test suite"
+	@echo "make lint   ruff + mypy"
+	@echo "make bench  benchmarks (QUICK=1 for the short version)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+venv: $(STAMP)
+
+# Install the Debian packages whose commands are missing (needs root; CI runs as root).
+debs:
+	@missing=""; for pair in $(TEST_DEBS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+demo: venv
+	exec $(BIN)/plait up $(MESH)
+
+test: venv debs
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+
+bench: venv debs
+	$(BIN)/python -m bench.quick $(if $(QUICK),--quick,)
+
+clean:
+	rm -rf $(VENV) .plait build *.egg-info
