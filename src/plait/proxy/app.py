@@ -12,10 +12,14 @@ import asyncio
 import signal
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from plait.config import wire
 from plait.config.snapshot import Snapshot
 from plait.proxy.admin import AdminServer
+from plait.proxy.agent import ControlAgent, load_cached_snapshot
+from plait.proxy.health import AppHealthCheck
 from plait.proxy.listener import GATEWAY, INBOUND, OUTBOUND, ListenerContext, ProxySettings
 from plait.proxy.runtime import ConfigHolder
 from plait.telemetry.accesslog import AccessLog
@@ -41,6 +45,13 @@ class ProxyOptions:
     access_log_sample: float = 1.0
     # 5 s: Istio's default terminationDrainDuration.
     drain_timeout: float = 5.0
+    # Dynamic configuration: the control plane's push address; `snapshot` is then only the
+    # starting point (empty, or the cache), and the proxy is ready once it has a real one.
+    control: Address | None = None
+    cache_path: Path | None = None
+    # Where other proxies reach this one's inbound listener (defaults to --inbound).
+    advertise: Address | None = None
+    app_health_path: str | None = None
 
 
 class Proxy:
@@ -57,6 +68,17 @@ class Proxy:
         self.addresses: dict[str, Address] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._ready = False
+        self.agent: ControlAgent | None = None
+        self.health: AppHealthCheck | None = None
+        # Static config is complete as given; a dynamic proxy waits for its first snapshot.
+        self._configured = options.control is None
+        self._cached_state: wire.ResourceState | None = None
+        if options.control is not None and options.cache_path is not None:
+            cached = load_cached_snapshot(options.cache_path, options.snapshot.node)
+            if cached is not None:
+                self.config.apply(cached[0])
+                self._cached_state = cached[1]
+                self._configured = True
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a task owned by the proxy (cancelled and awaited by `aclose`)."""
@@ -83,12 +105,41 @@ class Proxy:
             self.servers.append(server)
             self.addresses[kind] = server.sockets[0].getsockname()[:2]
         if self.options.admin is not None:
-            admin = AdminServer(lambda: self._ready, self.stats, self.config_dump)
+            admin = AdminServer(lambda: self.ready, self.stats, self.config_dump)
             server = await asyncio.start_server(admin.handle, *self.options.admin)
             self.servers.append(server)
             self.addresses["admin"] = server.sockets[0].getsockname()[:2]
         self.spawn(self._tick())
+        if self.options.app is not None:
+            self.health = AppHealthCheck(self.options.app, self.options.app_health_path)
+            self.spawn(self.health.run())
+        if self.options.control is not None:
+            self.agent = self._make_agent(self.options.control)
+            self.spawn(self.agent.run())
         self._ready = True
+
+    def _make_agent(self, control: Address) -> ControlAgent:
+        addresses = {k: f"{h}:{p}" for k, (h, p) in self.addresses.items()}
+        endpoint = self.options.advertise or self.addresses.get(INBOUND)
+
+        def applied(_: Snapshot) -> None:
+            self._configured = True
+
+        return ControlAgent(
+            control,
+            self.options.snapshot.node,
+            self.config,
+            addresses,
+            endpoint,
+            cache_path=self.options.cache_path,
+            health=self.health,
+            on_applied=applied,
+            state=self._cached_state,
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self._ready and self._configured
 
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()
@@ -111,8 +162,13 @@ class Proxy:
         }
 
     def config_dump(self) -> dict[str, Any]:
+        agent = self.agent
         return {
             "mode": self.options.mode,
+            "control_plane": None
+            if agent is None
+            else {"connected": agent.connected, "last_error": agent.last_error, "version": agent.state.version},
+            "app_health": self.health.status if self.health else None,
             "listeners": {k: f"{a[0]}:{a[1]}" for k, a in self.addresses.items()},
             "app": f"{self.options.app[0]}:{self.options.app[1]}" if self.options.app else None,
             "snapshot": self.config.current.snapshot.to_dict(),
@@ -121,6 +177,8 @@ class Proxy:
     async def drain(self) -> None:
         """Stop accepting, let streams in flight finish (up to the drain timeout)."""
         self._ready = False
+        if self.agent is not None:
+            await self.agent.say_bye()
         for server in self.servers:
             server.close()
         for ctx in self.contexts.values():

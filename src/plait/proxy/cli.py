@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
 import sys
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-from plait.config.snapshot import Snapshot, SnapshotError
+from plait.config.snapshot import Node, Snapshot, SnapshotError
 from plait.proxy.app import ProxyOptions, serve
 from plait.proxy.listener import ProxySettings
 
@@ -44,7 +47,23 @@ def load_snapshot(path: str) -> Snapshot:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, metavar="FILE", help="static snapshot file (JSON or YAML)")
+    p.add_argument("--config", metavar="FILE",
+                   help="static snapshot file (JSON or YAML); required unless --control is given")
+    p.add_argument("--control", type=parse_address, default=None, metavar="ADDR",
+                   help="control plane push address (e.g. 127.0.0.1:15012): dynamic configuration")
+    p.add_argument("--cache", default=None, metavar="FILE",
+                   help="with --control: last applied snapshot, written after every push and "
+                        "served from at start when the control plane is unreachable")
+    p.add_argument("--name", default=None, help="this workload's instance name (default: the host name)")
+    p.add_argument("--service", default="", help="the service this workload belongs to")
+    p.add_argument("--namespace", default="default", help="the workload's namespace (default: default)")
+    p.add_argument("--labels", default="", metavar="K=V,...", help="workload labels, e.g. app=reviews,version=v2")
+    p.add_argument("--gateway-name", default="", metavar="NAME",
+                   help="gateway mode: the Gateway resource whose routes this proxy serves")
+    p.add_argument("--advertise", type=parse_address, default=None, metavar="ADDR",
+                   help="address other proxies use to reach this inbound listener (default --inbound)")
+    p.add_argument("--app-health", default=None, metavar="PATH",
+                   help="HTTP path to check the app's health (default: a TCP connect)")
     p.add_argument("--mode", choices=("sidecar", "gateway"), default="sidecar",
                    help="sidecar: outbound + inbound for one app; gateway: entry for outside traffic")
     p.add_argument("--outbound", type=parse_address, default=("127.0.0.1", 15001), metavar="ADDR",
@@ -74,15 +93,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop")
 
 
+def parse_labels(text: str) -> dict[str, str]:
+    labels = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--labels: {item!r} is not KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.config is None and args.control is None:
+        print("plait proxy: give --config FILE (static) or --control ADDR (dynamic)", file=sys.stderr)
+        return 2
     try:
-        snapshot = load_snapshot(args.config)
+        labels = parse_labels(args.labels)
+        snapshot = load_snapshot(args.config) if args.config else Snapshot()
     except OSError as exc:
         print(f"plait proxy: cannot read {args.config}: {exc.strerror}", file=sys.stderr)
         return 2
     except (SnapshotError, ValueError) as exc:
         print(f"plait proxy: {args.config}: {exc}", file=sys.stderr)
         return 2
+    if args.control is not None or args.service or labels:
+        # Flags name the node; a static file's node is kept where a flag is not given.
+        node = snapshot.node
+        snapshot = replace(
+            snapshot,
+            node=Node(
+                name=args.name or (node.name if node.name != "proxy" else socket.gethostname()),
+                service=args.service or node.service,
+                namespace=args.namespace if args.namespace != "default" else node.namespace,
+                labels=labels or node.labels,
+                gateway=args.gateway_name or node.gateway,
+            ),
+        )
+    elif args.gateway_name:
+        snapshot = replace(snapshot, node=replace(snapshot.node, gateway=args.gateway_name))
     options = ProxyOptions(
         snapshot=snapshot,
         mode=args.mode,
@@ -100,6 +148,10 @@ def run(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         access_log_sample=args.access_log_sample,
         drain_timeout=args.drain_timeout,
+        control=args.control,
+        cache_path=Path(args.cache) if args.cache else None,
+        advertise=args.advertise,
+        app_health_path=args.app_health,
     )
 
     def announce(proxy: Any) -> None:
