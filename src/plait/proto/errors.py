@@ -18,6 +18,8 @@ class ProtocolError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+        # Events the codec completed before the bad bytes (pipelined requests to answer first).
+        self.events: list[object] = []
 
 
 class MalformedMessage(ProtocolError):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import httptools
 
-from plait.proto.errors import HeadTooLarge, MalformedMessage
+from plait.proto.errors import HeadTooLarge, MalformedMessage, ProtocolError
 from plait.proto.events import (
     CHUNKED,
     END_OF_STREAM,
@@ -86,6 +86,9 @@ class _Reader:
         "_head_bytes",
         "_in_head",
         "_raw_in_head",
+        "_raw_in_trailer",
+        "_mid_message",
+        "_feed_fresh",
         "_chunked",
         "_trailer_phase",
         "max_head_bytes",
@@ -100,6 +103,9 @@ class _Reader:
         self._head_bytes = 0
         self._in_head = False
         self._raw_in_head = 0
+        self._raw_in_trailer = 0
+        self._mid_message = False  # between on_message_begin and on_message_complete
+        self._feed_fresh = False  # nothing of the current feed belongs to an earlier message
         self._chunked = False
         self._trailer_phase = False
 
@@ -108,7 +114,12 @@ class _Reader:
         self._headers = []
         self._head_bytes = 16  # start line overhead
         self._in_head = True
-        self._raw_in_head = 0
+        # Raw head bytes are counted from the start of the feed if the head starts it; a head
+        # that starts after other bytes of the feed (a body's tail, pipelined requests) is
+        # counted from the next feed, since how much of this one it holds is unknown.
+        self._raw_in_head = 0 if self._feed_fresh else -1
+        self._feed_fresh = False
+        self._mid_message = True
         self._chunked = False
         self._trailer_phase = False
 
@@ -131,28 +142,46 @@ class _Reader:
             self._events.append(Data(body))
 
     def on_message_complete(self) -> None:
+        self._mid_message = False
         self._events.append(END_OF_STREAM)
 
     # feeding -------------------------------------------------------------------------
     def _feed(self, data: bytes) -> list[object]:
+        self._feed_fresh = not self._mid_message
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, HeadTooLarge | MalformedMessage):
-                raise cause from None
-            raise MalformedMessage(str(exc)) from exc
+                raise self._failed(cause) from None
+            raise self._failed(MalformedMessage(str(exc))) from exc
         except httptools.HttpParserUpgrade:
             pass  # the head event carries upgrade=True; tunnelling is the protocols issue
         except httptools.HttpParserError as exc:
-            raise MalformedMessage(str(exc) or "malformed HTTP/1 message") from exc
+            raise self._failed(MalformedMessage(str(exc) or "malformed HTTP/1 message")) from exc
         if self._in_head:
             # The head is not complete yet: bound what httptools buffers for it.
-            self._raw_in_head += len(data)
+            if self._raw_in_head < 0:
+                self._raw_in_head = 0  # it began mid-feed: count from the next feed
+            else:
+                self._raw_in_head += len(data)
             if self._raw_in_head > self.max_head_bytes:
-                raise HeadTooLarge(f"header section over {self.max_head_bytes} bytes")
+                raise self._failed(HeadTooLarge(f"header section over {self.max_head_bytes} bytes"))
+        elif self._mid_message and not self._events:
+            # Bytes in a body that complete nothing are chunk framing or a trailer section,
+            # whose fields httptools buffers whole: bound them like a head (trailers are dropped).
+            self._raw_in_trailer += len(data)
+            if self._raw_in_trailer > self.max_head_bytes:
+                raise self._failed(HeadTooLarge(f"trailer section over {self.max_head_bytes} bytes"))
+        else:
+            self._raw_in_trailer = 0
         events, self._events = self._events, []
         return events
+
+    def _failed(self, error: ProtocolError) -> ProtocolError:
+        """The error, carrying the events completed before the bad bytes (not to be lost)."""
+        error.events, self._events = self._events, []
+        return error
 
 
 class RequestReader(_Reader):
@@ -221,6 +250,7 @@ class ResponseReader(_Reader):
             # The last response was to HEAD: its parser may still wait for a body.
             self._parser = httptools.HttpResponseParser(self)
             self._skip_body = False
+            self._mid_message = False
         self._head_request = method == b"HEAD"
 
     def feed(self, data: bytes) -> list[object]:
@@ -255,6 +285,7 @@ class ResponseReader(_Reader):
             self._skip_body = True
 
     def on_message_complete(self) -> None:
+        self._mid_message = False
         if not self._skip_body:
             self._events.append(END_OF_STREAM)
 

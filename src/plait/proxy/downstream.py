@@ -122,17 +122,22 @@ class DownstreamConnection(asyncio.Protocol):
         try:
             events = self.reader.feed(data)
         except ProtocolError as exc:
-            if self.stream is not None:
-                # Answer the request in flight first; then refuse the bad one and close.
-                self.deferred_error = exc
-                self.pause_reading(PAUSE_PIPELINE)
-                return
-            self.refuse(exc)
-            return
+            # Answer the requests completed before the bad bytes first (in order); then
+            # refuse the bad one and close (see stream_done).
+            self.deferred_error = exc
+            self.pause_reading(PAUSE_PIPELINE)
+            events = exc.events
         if self.queued:
             self.queued.extend(events)
         else:
             self.dispatch(events)
+        error = self.deferred_error
+        if error is not None and not self.closed:
+            stream = self.stream
+            if stream is None:
+                self.refuse(error)
+            elif not stream.request_complete:
+                stream.request_broken(error)  # its body can never complete: do not wait for it
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -188,12 +193,14 @@ class DownstreamConnection(asyncio.Protocol):
         ctx = self.ctx
         self.deadline = ctx.loop.time() + ctx.settings.idle_timeout
         self.deadline_kind = 2
-        if self.deferred_error is not None:
-            self.refuse(self.deferred_error)
-            return
         if self.queued:
             queued, self.queued = self.queued, []
             self.dispatch(queued)
+        if self.deferred_error is not None:
+            # Bytes after the requests answered so far were refused: say so once they are done.
+            if self.stream is None and not self.closed:
+                self.refuse(self.deferred_error)
+            return
         if not self.queued:
             self.resume_reading(PAUSE_PIPELINE)
 
@@ -328,9 +335,16 @@ class Stream:
         elif target[:7].lower() == b"http://":
             # Absolute form (a client using us as HTTP_PROXY): the URL's authority wins
             # over Host (RFC 9112 section 3.2.2) and origin form goes upstream.
+            # The authority ends at the first "/" or "?" (RFC 3986 section 3.2); an empty
+            # path is "/" in origin form (RFC 9112 section 3.2.1).
             rest = target[7:]
-            slash = rest.find(b"/")
-            self.authority, self.path = (rest, b"/") if slash < 0 else (rest[:slash], rest[slash:])
+            end = len(rest)
+            for sep in (b"/", b"?"):
+                i = rest.find(sep)
+                if 0 <= i < end:
+                    end = i
+            path = rest[end:]
+            self.authority, self.path = rest[:end], path if path[:1] == b"/" else b"/" + path
             host_header = self.authority
         else:
             self.local_reply(400, "DPE", b"unsupported request target")
@@ -574,6 +588,20 @@ class Stream:
             self.done()
         else:
             self.local_reply(502, "UPE", b"upstream sent an invalid response: " + exc.reason.encode())
+
+    def request_broken(self, exc: ProtocolError) -> None:
+        """The rest of the request body is bad bytes: the request can never complete."""
+        self.down.ctx.stats.downstream_protocol_errors += 1
+        if self.response_started:
+            conn = self.upstream
+            self.upstream = None
+            if conn is not None:
+                conn.abort()
+            self.flags = "DPE"
+            self.down.close()
+            self.done()
+        else:
+            self.local_reply(exc.status, "DPE", exc.reason.encode())
 
     def on_timeout(self) -> None:
         self.timer = None

@@ -72,6 +72,15 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             events = self.reader.feed(data)
         except ProtocolError as exc:
+            if exc.events and self.transport is not None:
+                # A whole response followed by junk is still that response: deliver what was
+                # complete before the bad bytes, on a connection closed now, never pooled.
+                self.closed = True
+                self.transport.close()
+                for event in exc.events:
+                    stream.on_upstream_event(self, event)
+                    if stream.finished:
+                        return
             stream.on_upstream_protocol_error(self, exc)
             return
         for event in events:
