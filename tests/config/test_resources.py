@@ -8,6 +8,7 @@ import pytest
 
 from plait.config.errors import ConfigError, ConfigErrors
 from plait.config.resources import (
+    RequestAuthentication,
     KINDS,
     AuthorizationPolicy,
     DestinationRule,
@@ -152,6 +153,18 @@ metadata: {name: default, namespace: istio-system}
 spec:
   mtls: {mode: STRICT}
   portLevelMtls: {8080: {mode: DISABLE}}
+""",
+    RequestAuthentication: """\
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt, namespace: default}
+spec:
+  selector: {matchLabels: {app: productpage}}
+  jwtRules:
+    - issuer: https://issuer.example
+      jwksUri: https://issuer.example/jwks.json
+      audiences: [bookinfo]
+      fromHeaders: [{name: x-jwt, prefix: "Bearer "}]
 """,
 }
 

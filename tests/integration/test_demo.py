@@ -47,8 +47,18 @@ def alive(pid: int) -> bool:
 def test_bookinfo_demo_serves_productpage_through_the_gateway(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOME": str(tmp_path)}
     up = subprocess.Popen(
-        [sys.executable, "-m", "plait", "up", str(MESH), "--gateway-port", "0", "--no-table",
-         "--run-dir", str(tmp_path / "run")],
+        [
+            sys.executable,
+            "-m",
+            "plait",
+            "up",
+            str(MESH),
+            "--gateway-port",
+            "0",
+            "--no-table",
+            "--run-dir",
+            str(tmp_path / "run"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

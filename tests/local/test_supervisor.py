@@ -348,7 +348,7 @@ def test_plait_up_serves_the_mesh_and_sigint_leaves_no_process(tmp_path: Path) -
     (tmp_path / "mesh.yaml").write_text(MESH)
     (tmp_path / "hello.txt").write_text("hello through the mesh\n")  # the apps serve their cwd
     up = subprocess.Popen(
-        (sys.executable, "-m", "plait", "up", "mesh.yaml", "--run-dir=run", "--gateway-port=0"),
+        (sys.executable, "-m", "plait", "up", "mesh.yaml", "--run-dir=run", "--gateway-port=0", "--control-port=0", "--no-cli-settings"),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -367,7 +367,7 @@ def test_plait_up_serves_the_mesh_and_sigint_leaves_no_process(tmp_path: Path) -
         assert ["web", "web-1", "v1", "ready", "0", "0"] in rows
         assert ["edge", "gateway", "-", "ready", "0", "0"] in rows
         children = descendants(up.pid)
-        assert len(children) == 5  # two apps, two sidecar proxies, one gateway
+        assert len(children) == 6  # the control plane, two apps, two sidecars, the gateway
         (url,) = [line.split()[1] for line in lines if line.startswith("Open ")]
         assert url.endswith("/hello.txt")
         with urllib.request.urlopen(url, timeout=5) as response:

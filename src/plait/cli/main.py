@@ -14,6 +14,13 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "proxy": ("plait.proxy.cli", "run a proxy (sidecar, node or gateway)"),
     "up": ("plait.local.up", "run a mesh file locally: apps, proxies, gateway"),
+    "control": ("plait.control.server", "run the control plane (API, registry, push)"),
+    "apply": ("plait.cli.resources_cmd", "create or update resources from files (like kubectl apply)"),
+    "get": ("plait.cli.resources_cmd", "list or show resources"),
+    "delete": ("plait.cli.resources_cmd", "delete resources by name"),
+    "status": ("plait.cli.resources_cmd", "each proxy's config sync state (like istioctl proxy-status)"),
+    "analyze": ("plait.cli.resources_cmd", "find references that do not resolve (like istioctl analyze)"),
+    "token": ("plait.cli.token_cmd", "create join tokens for proxies (plait token create ...)"),
 }
 
 

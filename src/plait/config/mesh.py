@@ -78,6 +78,8 @@ class MeshFile:
     gateway: GatewaySpec | None
     apps: tuple[AppSpec, ...]
     resources: tuple[Resource, ...]
+    # The control plane's API port on 127.0.0.1: 15014, Istio's, unless the file says otherwise.
+    control_port: int = 15014
 
 
 class _HttpGet(StrictModel):
@@ -115,8 +117,13 @@ class _Gateway(StrictModel):
     port: Port
 
 
+class _Control(StrictModel):
+    port: Port = 15014
+
+
 class _MeshSpec(StrictModel):
     namespace: DNSLabel = "default"
+    control: _Control = Field(default_factory=_Control)
     gateway: _Gateway | None = None
     apps: Items[_App] = ()
 
@@ -180,6 +187,7 @@ def parse_mesh(text: str, filename: str) -> MeshFile:
         gateway=GatewaySpec(gateway.name, gateway.port) if gateway else None,
         apps=tuple(_app_spec(app, namespace) for app in mesh.spec.apps),
         resources=tuple(r for r, _ in placed),
+        control_port=mesh.spec.control.port,
     )
 
 

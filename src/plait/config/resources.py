@@ -26,6 +26,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails
 
 from plait.config.errors import ConfigError, ConfigErrors
+from plait.config.policy import check_jwks
 from plait.config.yamlio import Document, FieldPath, load_documents
 
 __all__ = [
@@ -643,6 +644,57 @@ class PeerAuthentication(_Resource):
     spec: PeerAuthenticationSpec = Field(default_factory=PeerAuthenticationSpec)
 
 
+# RequestAuthentication: the JWT rules a workload accepts. Keys are inline (`jwks`) or fetched
+# by the proxy from `jwksUri`; OpenID discovery is not supported, so one of the two is required.
+
+
+class JWTHeader(StrictModel):
+    name: str = Field(min_length=1)
+    prefix: str = ""
+
+
+class ClaimToHeader(StrictModel):
+    header: str = Field(min_length=1)
+    claim: str = Field(min_length=1)
+
+
+class JWTRule(StrictModel):
+    issuer: str = Field(min_length=1)
+    audiences: Items[str] = ()
+    jwks_uri: str | None = None
+    jwks: str | None = None
+    from_headers: Items[JWTHeader] = ()
+    from_params: Items[str] = ()
+    from_cookies: Items[str] = ()
+    output_payload_to_header: str | None = None
+    forward_original_token: bool = False
+    output_claim_to_headers: Items[ClaimToHeader] = ()
+    timeout: IstioDuration | None = None  # ms, for fetching jwksUri
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JWTRule:
+        if (self.jwks is None) == (self.jwks_uri is None):
+            raise ValueError(
+                "set exactly one of jwks and jwksUri (OpenID discovery is unsupported)"
+            )
+        if self.jwks_uri is not None and not self.jwks_uri.startswith(("https://", "http://")):
+            raise ValueError("jwksUri must be an http:// or https:// URL")
+        if self.jwks is not None:
+            check_jwks(self.jwks)
+        return self
+
+
+class RequestAuthenticationSpec(StrictModel):
+    selector: WorkloadSelector | None = None
+    jwt_rules: Items[JWTRule] = ()
+
+
+class RequestAuthentication(_Resource):
+    api_version: Literal["security.istio.io/v1"]
+    kind: Literal["RequestAuthentication"]
+    spec: RequestAuthenticationSpec = Field(default_factory=RequestAuthenticationSpec)
+
+
 # --- registry and parsing ------------------------------------------------------------------------
 
 Resource = (
@@ -653,6 +705,7 @@ Resource = (
     | DestinationRule
     | AuthorizationPolicy
     | PeerAuthentication
+    | RequestAuthentication
 )
 
 KINDS: dict[tuple[str, str], type[Resource]] = {
@@ -663,6 +716,7 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
     ("networking.istio.io/v1", "DestinationRule"): DestinationRule,
     ("security.istio.io/v1", "AuthorizationPolicy"): AuthorizationPolicy,
     ("security.istio.io/v1", "PeerAuthentication"): PeerAuthentication,
+    ("security.istio.io/v1", "RequestAuthentication"): RequestAuthentication,
 }
 
 

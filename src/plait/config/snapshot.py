@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from plait.config.policy import PolicyError, PolicySet
+
 __all__ = [
     "BackendRef",
     "Cluster",
@@ -33,6 +35,7 @@ __all__ = [
 PATH_MATCH_TYPES = ("Exact", "PathPrefix")
 HEADER_MATCH_TYPES = ("Exact",)
 PARENT_KINDS = ("Service", "Gateway")
+MTLS_MODES = ("STRICT", "PERMISSIVE", "DISABLE")
 
 
 class SnapshotError(ValueError):
@@ -104,6 +107,9 @@ class Endpoint:
     labels: Mapping[str, str] = field(default_factory=dict)
     workload: str = ""
     healthy: bool = True
+    # The SPIFFE ID its proxy proves. Auto mTLS (as Istio): endpoints with an identity are
+    # called over mTLS and must present exactly it; endpoints without one (no proxy) in plaintext.
+    identity: str = ""
 
     @property
     def key(self) -> tuple[str, int]:
@@ -118,6 +124,7 @@ class Endpoint:
             labels=r.labels("labels"),
             workload=r.get("workload", str, ""),
             healthy=r.get("healthy", bool, True),
+            identity=r.get("identity", str, ""),
         )
         r.done()
         return ep
@@ -326,17 +333,30 @@ class Snapshot:
     node: Node = field(default_factory=Node)
     clusters: tuple[Cluster, ...] = ()
     routes: tuple[Route, ...] = ()
+    # This workload's own security policy (compiled for it by the control plane).
+    policies: PolicySet = field(default_factory=PolicySet.empty)
+    # Inbound PeerAuthentication mode; STRICT by default (plaintext to the inbound refused).
+    mtls_mode: str = "STRICT"
 
     @classmethod
     def from_dict(cls, data: Any) -> Snapshot:
         r = _Reader(data, "")
         version = r.get("version", (str, int), "0")
         node = r.get("node", Mapping, {})
+        mtls_mode = r.get("mtls_mode", str, "STRICT")
+        if mtls_mode not in MTLS_MODES:
+            raise SnapshotError(f"mtls_mode: must be one of {', '.join(MTLS_MODES)}")
+        try:
+            policies = PolicySet.from_dict(r.get("policies", Mapping, {}), "policies")
+        except PolicyError as exc:
+            raise SnapshotError(str(exc)) from None
         snap = cls(
             version=str(version),
             node=Node.from_dict(node, "node"),
             clusters=tuple(Cluster.from_dict(c, w) for w, c in r.items("clusters")),
             routes=tuple(Route.from_dict(x, w) for w, x in r.items("routes")),
+            policies=policies,
+            mtls_mode=mtls_mode,
         )
         r.done()
         snap._check_references()
@@ -381,6 +401,7 @@ class Snapshot:
                             "labels": dict(e.labels),
                             "workload": e.workload,
                             "healthy": e.healthy,
+                            "identity": e.identity,
                         }
                         for e in c.endpoints
                     ],
@@ -413,6 +434,8 @@ class Snapshot:
                 }
                 for rt in self.routes
             ],
+            "policies": self.policies.to_dict(),
+            "mtls_mode": self.mtls_mode,
         }
 
 

@@ -19,15 +19,20 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "KINDS",
     "MAX_FRAME",
+    "WORKLOAD_FIELDS",
     "FrameError",
     "FrameReader",
     "ResourceState",
+    "diff",
     "encode",
+    "encode_raw",
+    "hello",
     "resource_key",
 ]
 
@@ -36,6 +41,8 @@ MAX_FRAME = 64 * 1024 * 1024
 _LENGTH = struct.Struct(">I")
 
 KINDS = ("clusters", "routes")
+# Snapshot fields compiled for one workload, not shared by every proxy.
+WORKLOAD_FIELDS = ("policies", "mtls_mode")
 
 
 class FrameError(ValueError):
@@ -98,16 +105,24 @@ class ResourceState:
     keeps one (what it applied) to apply them. Values are the snapshot dicts themselves.
     """
 
-    __slots__ = ("version", "items")
+    __slots__ = ("version", "items", "workload")
 
-    def __init__(self, version: str = "", items: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
+    def __init__(
+        self,
+        version: str = "",
+        items: dict[str, dict[str, dict[str, Any]]] | None = None,
+        workload: Mapping[str, Any] | None = None,
+    ) -> None:
         self.version = version
         self.items: dict[str, dict[str, dict[str, Any]]] = items or {k: {} for k in KINDS}
+        # This proxy's own part (its policies and mTLS mode), sent in a `workload` message.
+        self.workload: dict[str, Any] = dict(workload or {})
 
     @classmethod
     def from_snapshot_dict(cls, version: str, snapshot: Mapping[str, Any]) -> ResourceState:
         items = {kind: {resource_key(kind, x): x for x in snapshot.get(kind, [])} for kind in KINDS}
-        return cls(version, items)
+        workload = {k: snapshot[k] for k in WORKLOAD_FIELDS if k in snapshot}
+        return cls(version, items, workload)
 
     def to_snapshot_dict(self, node: Mapping[str, Any]) -> dict[str, Any]:
         return {
@@ -115,10 +130,11 @@ class ResourceState:
             "node": dict(node),
             "clusters": [self.items["clusters"][k] for k in sorted(self.items["clusters"])],
             "routes": [self.items["routes"][k] for k in sorted(self.items["routes"])],
+            **self.workload,
         }
 
     def copy(self) -> ResourceState:
-        return ResourceState(self.version, {k: dict(v) for k, v in self.items.items()})
+        return ResourceState(self.version, {k: dict(v) for k, v in self.items.items()}, self.workload)
 
     def apply_delta(self, message: Mapping[str, Any]) -> ResourceState:
         """A new state with the delta applied (this one is untouched)."""
@@ -170,6 +186,3 @@ def hello(
         "health": health,
     }
 
-
-def keys_of(state: Iterable[str]) -> list[str]:
-    return sorted(state)

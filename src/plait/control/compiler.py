@@ -43,6 +43,7 @@ class Instance:
     labels: Mapping[str, str]
     address: str  # its proxy's inbound address
     port: int  # its proxy's inbound port
+    identity: str = ""  # the SPIFFE ID its proxy proved; empty: no proxy, plaintext (auto mTLS)
 
 
 def compile_snapshot(
@@ -75,7 +76,7 @@ def _cluster(
 ) -> Cluster:
     namespace, selector = service.metadata.namespace, service.spec.selector
     endpoints = [
-        Endpoint(i.address, i.port, dict(i.labels), workload=i.name)
+        Endpoint(i.address, i.port, dict(i.labels), workload=i.name, identity=i.identity)
         for i in instances
         if i.namespace == namespace and r.selects(selector, i.labels)
     ]

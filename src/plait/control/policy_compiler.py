@@ -33,9 +33,9 @@ from plait.config.policy import (
     PolicyError,
     PolicySet,
 )
-from plait.config.resources import AuthorizationPolicy, WorkloadSelector
+from plait.config.resources import AuthorizationPolicy, PeerAuthentication, WorkloadSelector
 
-__all__ = ["DEFAULT_ROOT_NAMESPACE", "PolicyCompileError", "compile_policies"]
+__all__ = ["DEFAULT_ROOT_NAMESPACE", "PolicyCompileError", "compile_mtls_mode", "compile_policies"]
 
 # Istio's default root namespace (MeshConfig.rootNamespace): policies there are mesh-wide.
 DEFAULT_ROOT_NAMESPACE = "istio-system"
@@ -165,3 +165,36 @@ def _yaml_path(path: str) -> str:
     path = re.sub(r"\.from\[(\d+)\]\.", r".from[\1].source.", path)
     path = re.sub(r"\.to\[(\d+)\]\.", r".to[\1].operation.", path)
     return _yaml_names(path)
+
+
+MTLS_MODES = ("STRICT", "PERMISSIVE", "DISABLE")
+
+
+def compile_mtls_mode(
+    resources: Iterable[object],
+    workload_labels: Mapping[str, str],
+    namespace: str,
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE,
+) -> str:
+    """The inbound mTLS mode of one workload (Istio's PeerAuthentication precedence: a
+    selecting policy in its namespace, else its namespace's policy without selector, else the
+    mesh-wide one in the root namespace; UNSET inherits). plait's default is STRICT: traffic
+    between proxies is encrypted unless someone says otherwise."""
+    workload, namespace_wide, mesh_wide = "UNSET", "UNSET", "UNSET"
+    for x in sorted(
+        (x for x in resources if isinstance(x, PeerAuthentication)),
+        key=lambda p: (p.metadata.namespace, p.metadata.name),
+    ):
+        mode = x.spec.mtls.mode if x.spec.mtls is not None else "UNSET"
+        selector = x.spec.selector.match_labels if x.spec.selector is not None else None
+        if x.metadata.namespace == namespace and selector:
+            if all(workload_labels.get(k) == v for k, v in selector.items()) and workload == "UNSET":
+                workload = mode
+        elif x.metadata.namespace == namespace and not selector:
+            namespace_wide = mode if namespace_wide == "UNSET" else namespace_wide
+        elif x.metadata.namespace == root_namespace and not selector:
+            mesh_wide = mode if mesh_wide == "UNSET" else mesh_wide
+    for mode in (workload, namespace_wide, mesh_wide):
+        if mode != "UNSET":
+            return mode
+    return "STRICT"

@@ -1,10 +1,13 @@
-"""`plait up FILE`: run a mesh file on this machine: each app beside a sidecar proxy, a gateway.
+"""`plait up FILE`: run a mesh file on this machine: a control plane, each app beside a
+sidecar proxy, a gateway.
 
 Plan (pure): every app replica gets an app port and its proxy's outbound, inbound and admin
-ports; each proxy gets a snapshot compiled for it, written under the run dir with its logs.
-Run: a `Supervisor` starts the proxies, then the apps, then the gateway, each ready-checked, and
-owns them until SIGINT or SIGTERM, when it stops them all and `plait up` exits 0 (a requested
-stop is a success, as with `docker compose up`).
+ports; the control plane gets its API port (the mesh file's, 15014 by default) and a push port.
+Run: a `Supervisor` starts the control plane (with a fresh data dir), the mesh file's resources
+are applied through its API, the CLI is pointed at it, then the proxies start (each registers
+its workload and receives its config by push), then the apps, then the gateway, each
+ready-checked. It owns them until SIGINT or SIGTERM, when it stops them all and `plait up`
+exits 0 (a requested stop is a success, as with `docker compose up`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -21,8 +25,11 @@ from typing import Any
 
 from plait.config.errors import ConfigError, ConfigErrors
 from plait.config.mesh import AppSpec, MeshFile, load_mesh_file
+from plait.cli.client import ApiClient, ClientError
+from plait.cli.settings import save_cli_settings
 from plait.config.snapshot import Node, Snapshot
 from plait.control.compiler import CompileError, Instance, compile_snapshot
+from plait.control.kinds import to_data
 from plait.local.ports import PortAllocator
 from plait.local.supervisor import (
     HttpReady,
@@ -39,7 +46,7 @@ from plait.local.table import LiveTable, Row
 __all__ = ["add_arguments", "run"]
 
 HOST = "127.0.0.1"  # everything binds loopback only: `plait up` is a developer's sandbox
-SNAPSHOT_VERSION = "1"  # static until the control plane pushes new ones
+SNAPSHOT_VERSION = "plan"  # the local compile only checks the mesh and finds gateway URLs
 REFRESH = 1.0  # seconds between table redraws on a terminal
 
 
@@ -53,6 +60,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="PORT",
         help=f"gateway listener port on {HOST} (default: the mesh file's; 0 picks a free one)",
+    )
+    parser.add_argument(
+        "--control-port",
+        type=int,
+        metavar="PORT",
+        help=f"control plane API port on {HOST} (default: the mesh file's, 15014; 0 picks one)",
+    )
+    parser.add_argument(
+        "--no-cli-settings",
+        action="store_true",
+        help="do not point the CLI (~/.config/plait/config.json) at this mesh's control plane",
     )
     parser.add_argument("--no-table", action="store_true", help="print event lines only")
     parser.add_argument(
@@ -93,7 +111,21 @@ class Gateway:
     admin: int
 
     def node(self) -> Node:
-        return Node(self.name, "", self.namespace, {}, gateway=self.name)
+        # Its identity's service is the Gateway's name (spiffe://.../sa/<gateway>).
+        return Node(self.name, self.name, self.namespace, {}, gateway=self.name)
+
+
+@dataclass(frozen=True)
+class Control:
+    """The control plane: its API port (for the CLI), push port (for proxies), data dir."""
+
+    api: int
+    push: int
+    data_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.api}"
 
 
 def allocate(
@@ -129,20 +161,48 @@ def snapshots(
     }
 
 
-def _proxy_spec(name: str, run_dir: Path, admin: int, *flags: str) -> ProcessSpec:
-    """A proxy on `run_dir/snapshot.json`, logging there, ready when its admin says so."""
+def _control_spec(control: Control, run_dir: Path) -> ProcessSpec:
+    argv = (
+        sys.executable,
+        "-m",
+        "plait",
+        "control",
+        f"--data-dir={control.data_dir}",
+        f"--api={HOST}:{control.api}",
+        f"--push={HOST}:{control.push}",
+    )
+    ready = HttpReady(f"{control.url}/healthz")
+    return ProcessSpec("control", argv, {}, ready, str(run_dir / "control.log"))
+
+
+def _proxy_spec(
+    name: str, run_dir: Path, admin: int, control: Control, node: Node, *flags: str
+) -> ProcessSpec:
+    """A proxy fed by the control plane, caching its snapshot and logging under `run_dir`,
+    ready when its admin says so (listening and configured)."""
+    labels = ",".join(f"{k}={v}" for k, v in sorted(node.labels.items()))
     argv = (
         sys.executable,
         "-m",
         "plait",
         "proxy",
-        f"--config={run_dir / 'snapshot.json'}",
+        f"--control={HOST}:{control.push}",
+        f"--ca-bundle={control.data_dir / 'trust-bundle.pem'}",
+        f"--state-dir={run_dir / 'identity'}",
+        f"--cache={run_dir / 'snapshot.json'}",
+        f"--name={node.name}",
+        f"--namespace={node.namespace}",
         f"--admin={HOST}:{admin}",
         f"--access-log={run_dir / 'access.log'}",
+        *((f"--service={node.service}",) if node.service else ()),
+        *((f"--labels={labels}",) if labels else ()),
         *flags,
     )
     ready = HttpReady(f"http://{HOST}:{admin}/ready")
-    return ProcessSpec(f"{name}/proxy", argv, {}, ready, str(run_dir / "proxy.log"))
+    # The join token is filled in by `configure` once the control plane can issue it; a
+    # proxy restarted later has its certificate in its state dir and needs no token.
+    env: dict[str, str] = {"PLAIT_TOKEN_FOR": f"{node.namespace}/{node.service}"}
+    return ProcessSpec(f"{name}/proxy", argv, env, ready, str(run_dir / "proxy.log"))
 
 
 def _app_spec(s: Sidecar, run_dir: Path) -> ProcessSpec:
@@ -168,26 +228,42 @@ def _app_spec(s: Sidecar, run_dir: Path) -> ProcessSpec:
 
 
 def process_specs(
-    run_dir: Path, sidecars: Sequence[Sidecar], gateway: Gateway | None
+    run_dir: Path, control: Control, sidecars: Sequence[Sidecar], gateway: Gateway | None
 ) -> list[list[ProcessSpec]]:
-    """Start order: all sidecar proxies, then all apps, then the gateway (each list at once)."""
+    """Start order after the control plane: all sidecar proxies, then all apps, then the
+    gateway (each list at once)."""
     proxies = [
         _proxy_spec(
             s.instance,
             run_dir / s.instance,
             s.admin,
+            control,
+            s.node(),
             "--mode=sidecar",
             f"--outbound={HOST}:{s.outbound}",
             f"--inbound={HOST}:{s.inbound}",
             f"--app={HOST}:{s.app_port}",
+            *((f"--app-health={s.app.health.http_path}",) if s.app.health.http_path else ()),
         )
         for s in sidecars
     ]
     groups = [proxies, [_app_spec(s, run_dir / s.instance) for s in sidecars]]
     if gateway is not None:
-        listen = f"--gateway-listen={HOST}:{gateway.port}"
         d = run_dir / gateway.name
-        groups.append([_proxy_spec(gateway.name, d, gateway.admin, "--mode=gateway", listen)])
+        groups.append(
+            [
+                _proxy_spec(
+                    gateway.name,
+                    d,
+                    gateway.admin,
+                    control,
+                    gateway.node(),
+                    "--mode=gateway",
+                    f"--gateway-listen={HOST}:{gateway.port}",
+                    f"--gateway-name={gateway.name}",
+                )
+            ]
+        )
     return groups
 
 
@@ -239,6 +315,9 @@ async def _rows(sup: Supervisor, sidecars: Sequence[Sidecar], gateway: Gateway |
     if gateway is not None:
         proxy = states[f"{gateway.name}/proxy"]
         rows.append(Row(gateway.name, "gateway", "", proxy.state, proxy.restarts, counts[-1]))
+    control = states.get("control")
+    if control is not None:
+        rows.insert(0, Row("control", "control", "", control.state, control.restarts, None))
     return rows
 
 
@@ -260,30 +339,89 @@ async def _unless(stop: asyncio.Event, coro: Coroutine[Any, Any, None]) -> bool:
 
 @dataclass(frozen=True)
 class Plan:
-    """Everything `plait up` will run, with snapshots already written under `run_dir`."""
+    """Everything `plait up` will run; directories under `run_dir` are ready."""
 
     run_dir: Path
+    mesh: MeshFile
+    control: Control
     sidecars: list[Sidecar]
     gateway: Gateway | None
     specs: list[list[ProcessSpec]]
     urls: list[str]
 
 
-def prepare(mesh: MeshFile, run_dir: Path, gateway_port: int | None) -> Plan:
-    """Allocate ports, compile and write each proxy's snapshot, build the process specs."""
-    sidecars, gateway = allocate(mesh, PortAllocator(HOST), gateway_port)
-    snaps = snapshots(mesh, sidecars, gateway)
-    for name, snap in snaps.items():
+def prepare(
+    mesh: MeshFile, run_dir: Path, gateway_port: int | None, control_port: int | None = None
+) -> Plan:
+    """Allocate ports, check the mesh compiles, prepare run directories, build the specs."""
+    ports = PortAllocator(HOST)
+    sidecars, gateway = allocate(mesh, ports, gateway_port)
+    api = ports.reserve(mesh.control_port if control_port is None else control_port)
+    control = Control(api, *ports.allocate(), data_dir=run_dir / "control")
+    snaps = snapshots(mesh, sidecars, gateway)  # raises CompileError before anything starts
+    # A local run starts from a clean control plane: no registry entries of a previous run.
+    shutil.rmtree(control.data_dir, ignore_errors=True)
+    for name in [*snaps, "control"]:
         d = run_dir / name
         d.mkdir(parents=True, exist_ok=True)
-        for old_log in d.glob("*.log"):  # a fresh run starts fresh logs (and error log tails)
-            old_log.unlink()
-        (d / "snapshot.json").write_text(json.dumps(snap.to_dict(), indent=2))
+        for old in [*d.glob("*.log"), *d.glob("snapshot.json")]:  # fresh logs, no stale cache
+            old.unlink()
     urls = gateway_urls(gateway, snaps[gateway.name]) if gateway else []
-    return Plan(run_dir, sidecars, gateway, process_specs(run_dir, sidecars, gateway), urls)
+    specs = [[_control_spec(control, run_dir / "control")], *process_specs(run_dir, control, sidecars, gateway)]
+    return Plan(run_dir, mesh, control, sidecars, gateway, specs, urls)
 
 
-async def serve(plan: Plan, *, show_table: bool, ready_timeout: float) -> int:
+def configure(plan: Plan, *, save_settings: bool) -> None:
+    """Apply the mesh file's resources through the API; point the CLI at this control plane."""
+    token = (plan.control.data_dir / "admin-token").read_text().strip()
+    client = ApiClient(plan.control.url, token)
+    body = json.dumps([to_data(r) for r in plan.mesh.resources]).encode()
+    client.apply(body, "application/json")
+    for group in plan.specs[1:]:
+        for spec in group:
+            wanted = spec.env.get("PLAIT_TOKEN_FOR")
+            if wanted is not None:
+                namespace, service = wanted.split("/", 1)
+                env = spec.env
+                assert isinstance(env, dict)
+                env["PLAIT_JOIN_TOKEN"] = client.create_token(service, namespace, 3600)["token"]
+    if save_settings:
+        save_cli_settings(plan.control.url, token)
+
+
+async def _start(sup: Supervisor, plan: Plan, ready_timeout: float, save_settings: bool) -> None:
+    await sup.start(plan.specs[:1], ready_timeout=ready_timeout)
+    await asyncio.to_thread(configure, plan, save_settings=save_settings)
+    await sup.start(plan.specs[1:], ready_timeout=ready_timeout)
+    await _converged(plan, ready_timeout)
+
+
+async def _converged(plan: Plan, timeout: float) -> None:
+    """Wait until every app is healthy as its proxy reports it and every proxy runs the
+    latest config: only then does the mesh answer as a user expects."""
+    client = ApiClient(plan.control.url)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    wanted = {s.instance for s in plan.sidecars}
+    while True:
+        try:
+            revision = (await asyncio.to_thread(client.health))["revision"]
+            proxies = await asyncio.to_thread(client.proxies)
+        except ClientError:
+            revision, proxies = 0, []
+        healthy = {p["name"] for p in proxies if p.get("health") == "healthy"}
+        synced = all(p.get("synced") and p.get("compiled_revision", 0) >= revision for p in proxies)
+        if wanted <= healthy and synced:
+            return
+        if loop.time() > deadline:
+            missing = ", ".join(sorted(wanted - healthy)) or "config sync"
+            raise SupervisorError(f"the mesh did not converge in {timeout:.0f} s (waiting for {missing})")
+        await asyncio.sleep(0.1)
+
+
+async def serve(
+    plan: Plan, *, show_table: bool, ready_timeout: float, save_settings: bool = True
+) -> int:
     """Start everything, show the table until SIGINT/SIGTERM, then stop everything."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -295,13 +433,17 @@ async def serve(plan: Plan, *, show_table: bool, ready_timeout: float) -> int:
     emit(f"Starting {sum(map(len, plan.specs))} processes; logs in {plan.run_dir}")
     async with Supervisor(on_event=emit) as sup:
         try:
-            started = await _unless(stop, sup.start(plan.specs, ready_timeout=ready_timeout))
+            started = await _unless(stop, _start(sup, plan, ready_timeout, save_settings))
         except SupervisorError as e:
             print(f"plait up: {e}", file=sys.stderr, flush=True)
+            return 1
+        except (ClientError, OSError) as e:
+            print(f"plait up: configuring the control plane failed: {e}", file=sys.stderr, flush=True)
             return 1
         if started:
             if table:
                 table.update(await _rows(sup, plan.sidecars, plan.gateway))
+            emit(f"Control plane {plan.control.url} (plait status, plait apply -f ...)")
             for url in plan.urls:
                 emit(f"Open {url}")
             emit("All ready. Stop with Ctrl-C")
@@ -319,7 +461,8 @@ async def serve(plan: Plan, *, show_table: bool, ready_timeout: float) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         mesh = load_mesh_file(args.file)
-        plan = prepare(mesh, Path(args.run_dir or f".plait/run/{mesh.name}"), args.gateway_port)
+        run_dir = Path(args.run_dir or f".plait/run/{mesh.name}")
+        plan = prepare(mesh, run_dir, args.gateway_port, args.control_port)
     except (ConfigError, ConfigErrors) as e:
         print(e, file=sys.stderr)
         return 2
@@ -331,7 +474,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         return asyncio.run(
-            serve(plan, show_table=not args.no_table, ready_timeout=args.ready_timeout)
+            serve(
+                plan,
+                show_table=not args.no_table,
+                ready_timeout=args.ready_timeout,
+                save_settings=not args.no_cli_settings,
+            )
         )
     except KeyboardInterrupt:  # before our handler was installed; nothing is left running
         return 0

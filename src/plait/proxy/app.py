@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,11 @@ from typing import Any
 from plait.config import wire
 from plait.config.snapshot import Snapshot
 from plait.proxy.admin import AdminServer
+from plait.proxy.acceptor import DetectingAcceptor
 from plait.proxy.agent import ControlAgent, load_cached_snapshot
+from plait.proxy.certificates import CertificateManager
+from plait.proxy.filters.audit import AuditLog
+from plait.proxy.filters.jwt_authn import JwksCache
 from plait.proxy.health import AppHealthCheck
 from plait.proxy.listener import GATEWAY, INBOUND, OUTBOUND, ListenerContext, ProxySettings
 from plait.proxy.runtime import ConfigHolder
@@ -52,6 +57,13 @@ class ProxyOptions:
     # Where other proxies reach this one's inbound listener (defaults to --inbound).
     advertise: Address | None = None
     app_health_path: str | None = None
+    # Identity: the trust bundle that anchors the control plane (and turns on mTLS), where
+    # the key and certificate are kept, the one-time join token, the trust domain.
+    ca_bundle: bytes | None = None
+    state_dir: Path | None = None
+    join_token: str | None = None
+    trust_domain: str = "cluster.local"
+    audit_log: str = "-"
 
 
 class Proxy:
@@ -59,7 +71,12 @@ class Proxy:
 
     def __init__(self, options: ProxyOptions) -> None:
         self.options = options
-        self.config = ConfigHolder(options.snapshot, options.app)
+        self.audit = None if options.audit_log == "off" or options.app is None else AuditLog(options.audit_log)
+        self.jwks = JwksCache()
+        self.config = ConfigHolder(options.snapshot, options.app, self.audit, self.jwks.get)
+        # mTLS is on when the proxy has a trust anchor (and so gets a workload certificate).
+        self.certs = CertificateManager(options.state_dir) if options.ca_bundle is not None else None
+        self.acceptors: list[DetectingAcceptor] = []
         self.access_log = (
             None if options.access_log == "off" else AccessLog(options.access_log, options.access_log_sample)
         )
@@ -99,9 +116,28 @@ class Proxy:
         for kind, address in wanted:
             if address is None:
                 continue
-            ctx = ListenerContext(kind, self.options.settings, self.config, self.access_log, self.spawn)
-            server = await loop.create_server(ctx.protocol_factory, address[0], address[1], backlog=1024)
+            ctx = ListenerContext(
+                kind, self.options.settings, self.config, self.access_log, self.spawn, self.certs
+            )
             self.contexts[kind] = ctx
+            if kind == INBOUND and self.certs is not None:
+                # mTLS inbound: TLS or plaintext decided per connection by the snapshot's
+                # PeerAuthentication mode (STRICT refuses plaintext).
+                sock = socket.create_server(address, backlog=1024, reuse_port=False)
+                certs = self.certs
+                self.acceptors.append(
+                    DetectingAcceptor(
+                        sock,
+                        ctx.protocol_factory,
+                        lambda: self.config.current.snapshot.mtls_mode,
+                        lambda: certs.server.context if certs.server is not None else None,
+                        self.spawn,
+                        ctx.tls_counters,
+                    )
+                )
+                self.addresses[kind] = sock.getsockname()[:2]
+                continue
+            server = await loop.create_server(ctx.protocol_factory, address[0], address[1], backlog=1024)
             self.servers.append(server)
             self.addresses[kind] = server.sockets[0].getsockname()[:2]
         if self.options.admin is not None:
@@ -116,6 +152,7 @@ class Proxy:
         if self.options.control is not None:
             self.agent = self._make_agent(self.options.control)
             self.spawn(self.agent.run())
+        self.spawn(self.jwks.run())
         self._ready = True
 
     def _make_agent(self, control: Address) -> ControlAgent:
@@ -124,6 +161,9 @@ class Proxy:
 
         def applied(_: Snapshot) -> None:
             self._configured = True
+            policy = self.config.current.inbound_policy
+            if policy is not None:
+                self.jwks.want(policy.authn.jwks_uris)
 
         return ControlAgent(
             control,
@@ -135,11 +175,17 @@ class Proxy:
             health=self.health,
             on_applied=applied,
             state=self._cached_state,
+            certs=self.certs,
+            ca_bundle=self.options.ca_bundle,
+            join_token=self.options.join_token,
+            control_id=f"spiffe://{self.options.trust_domain}/ns/plait-system/sa/plait-control",
         )
 
     @property
     def ready(self) -> bool:
-        return self._ready and self._configured
+        """Listening, configured and (with mTLS) holding a certificate."""
+        has_identity = self.certs is None or self.certs.identity is not None
+        return self._ready and self._configured and has_identity
 
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()
@@ -153,10 +199,17 @@ class Proxy:
                 host.close_idle_before(cutoff)
             if self.access_log is not None:
                 self.access_log.flush()
+            if self.audit is not None:
+                self.audit.flush()
 
     def stats(self) -> dict[str, Any]:
+        policy = self.config.current.inbound_policy
         return {
-            "listeners": {kind: ctx.stats_dict() for kind, ctx in self.contexts.items()},
+            "listeners": {
+                kind: {**ctx.stats_dict(), **{f"tls.{k}": v for k, v in ctx.tls_counters.items()}}
+                for kind, ctx in self.contexts.items()
+            },
+            "policy": dict(policy.counters) if policy is not None else {},
             "hosts": [h.stats() for h in self.config.hosts],
             "config_version": self.config.current.snapshot.version,
         }
@@ -169,6 +222,7 @@ class Proxy:
             if agent is None
             else {"connected": agent.connected, "last_error": agent.last_error, "version": agent.state.version},
             "app_health": self.health.status if self.health else None,
+            "certificate": self.certs.status() if self.certs is not None else None,
             "listeners": {k: f"{a[0]}:{a[1]}" for k, a in self.addresses.items()},
             "app": f"{self.options.app[0]}:{self.options.app[1]}" if self.options.app else None,
             "snapshot": self.config.current.snapshot.to_dict(),
@@ -177,6 +231,8 @@ class Proxy:
     async def drain(self) -> None:
         """Stop accepting, let streams in flight finish (up to the drain timeout)."""
         self._ready = False
+        for acceptor in self.acceptors:
+            acceptor.close()
         if self.agent is not None:
             await self.agent.say_bye()
         for server in self.servers:
@@ -197,6 +253,9 @@ class Proxy:
         self._ready = False
         for server in self.servers:
             server.close()
+        for acceptor in self.acceptors:
+            acceptor.close()
+        self.acceptors = []
         for ctx in self.contexts.values():
             for conn in list(ctx.connections):
                 conn.close()
@@ -208,6 +267,8 @@ class Proxy:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.access_log is not None:
             self.access_log.close()
+        if self.audit is not None:
+            self.audit.close()
 
     async def __aenter__(self) -> Proxy:
         await self.start()

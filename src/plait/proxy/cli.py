@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import sys
 from dataclasses import replace
@@ -62,6 +63,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="gateway mode: the Gateway resource whose routes this proxy serves")
     p.add_argument("--advertise", type=parse_address, default=None, metavar="ADDR",
                    help="address other proxies use to reach this inbound listener (default --inbound)")
+    p.add_argument("--ca-bundle", default=None, metavar="FILE",
+                   help="trust bundle of the mesh CA (PEM): turns on mTLS; the control plane must "
+                        "prove its identity against it (plait control writes trust-bundle.pem)")
+    p.add_argument("--join-token", default=None, metavar="TOKEN",
+                   help="one-time token for the first certificate (default: $PLAIT_JOIN_TOKEN)")
+    p.add_argument("--state-dir", default=None, metavar="DIR",
+                   help="keeps the key (0600) and certificate, to restart while the control plane is down")
+    p.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain (default cluster.local)")
+    p.add_argument("--audit-log", default="-", metavar="PATH",
+                   help="authorization audit records (AUDIT matches, denials): '-' stdout, a path, 'off'")
     p.add_argument("--app-health", default=None, metavar="PATH",
                    help="HTTP path to check the app's health (default: a TCP connect)")
     p.add_argument("--mode", choices=("sidecar", "gateway"), default="sidecar",
@@ -107,6 +118,13 @@ def run(args: argparse.Namespace) -> int:
     if args.config is None and args.control is None:
         print("plait proxy: give --config FILE (static) or --control ADDR (dynamic)", file=sys.stderr)
         return 2
+    ca_bundle = None
+    if args.ca_bundle:
+        try:
+            ca_bundle = Path(args.ca_bundle).read_bytes()
+        except OSError as exc:
+            print(f"plait proxy: cannot read --ca-bundle {args.ca_bundle}: {exc.strerror}", file=sys.stderr)
+            return 2
     try:
         labels = parse_labels(args.labels)
         snapshot = load_snapshot(args.config) if args.config else Snapshot()
@@ -152,6 +170,11 @@ def run(args: argparse.Namespace) -> int:
         cache_path=Path(args.cache) if args.cache else None,
         advertise=args.advertise,
         app_health_path=args.app_health,
+        ca_bundle=ca_bundle,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        join_token=args.join_token or os.environ.get("PLAIT_JOIN_TOKEN") or None,
+        trust_domain=args.trust_domain,
+        audit_log=args.audit_log,
     )
 
     def announce(proxy: Any) -> None:

@@ -40,6 +40,7 @@ from plait.proto.h1 import (
     request_head_bytes,
     response_head_bytes,
 )
+from plait.proxy.filters.path_normalize import InvalidPath, normalize_path
 from plait.proxy.local_reply import local_reply_bytes
 from plait.proxy.upstream import WRITE_HIGH_WATER, Host, UpstreamConnection
 
@@ -84,6 +85,7 @@ class DownstreamConnection(asyncio.Protocol):
         "peer",
         "write_paused",
         "deferred_error",
+        "peer_id",
     )
 
     def __init__(self, ctx: ListenerContext) -> None:
@@ -99,6 +101,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.peer = ""
         self.write_paused = False
         self.deferred_error: ProtocolError | None = None
+        self.peer_id = ""  # the caller's SPIFFE ID, once mTLS proved it
 
     # asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -108,6 +111,14 @@ class DownstreamConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else ""
         ctx = self.ctx
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            peer_id = ctx.peer_identity(ssl_object)
+            if peer_id is None:
+                self.closed = True
+                transport.abort()
+                return
+            self.peer_id = peer_id
         ctx.connections.add(self)
         ctx.stats.cx_total += 1
         # A new connection must send a request head within the header timeout (slowloris).
@@ -352,7 +363,7 @@ class Stream:
         if not host_header and head.version == b"1.1":
             self.local_reply(400, "DPE", b"missing Host header")  # RFC 9112 section 3.2
             return
-        drop = HOP_BY_HOP.union(connection_tokens) if connection_tokens else HOP_BY_HOP
+        drop = ctx.drop_headers.union(connection_tokens) if connection_tokens else ctx.drop_headers
         for name, value in head.headers:
             if name in drop or name == b"host" or name == b"content-length":
                 continue
@@ -372,6 +383,24 @@ class Stream:
         ctx.add_request_headers(self, forward)
         query = self.path.find(b"?")
         path = self.path if query < 0 else self.path[:query]
+        policy = ctx.inbound_policy()
+        if policy is not None:
+            # Inbound security: match and forward the normalized path (Istio's
+            # DECODE_AND_MERGE_SLASHES), then JWT authentication and authorization.
+            try:
+                path = normalize_path(path)
+            except InvalidPath as exc:
+                self.local_reply(400, "DPE", str(exc).encode())
+                return
+            self.path = path if query < 0 else path + self.path[query:]
+            if policy.enabled:
+                verdict = policy.check(
+                    head.method, self.authority, path, self.path[len(path) + 1 :] if query >= 0 else b"",
+                    forward, down.peer_id, down.peer.rpartition(":")[0], request_id,
+                )
+                if verdict is not None:
+                    self.local_reply(*verdict)
+                    return
         decision = ctx.route(self.authority, head.method, path, forward)
         if decision is None:
             self.local_reply(404, "NR")
@@ -411,7 +440,7 @@ class Stream:
     async def connect(self, host: Host) -> None:
         ctx = self.down.ctx
         try:
-            conn = await host.open_connection(ctx.settings.connect_timeout)
+            conn = await host.open_connection(ctx.settings.connect_timeout, ctx.upstream_tls(host))
         except (OSError, TimeoutError):
             self.connecting = False
             host.active -= 1

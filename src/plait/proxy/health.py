@@ -8,6 +8,7 @@ one success makes it healthy again.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 __all__ = ["AppHealthCheck"]
 
@@ -26,10 +27,13 @@ class AppHealthCheck:
         self.timeout = timeout
         self.status = "unknown"
         self._failures = 0
+        # Called with the new status on every change (the agent reports it at once).
+        self.on_change: Callable[[str], None] | None = None
 
     async def run(self) -> None:
         while True:
             ok = await self.check_once()
+            before = self.status
             if ok:
                 self._failures = 0
                 self.status = "healthy"
@@ -37,6 +41,8 @@ class AppHealthCheck:
                 self._failures += 1
                 if self._failures >= FAILURES_TO_UNHEALTHY or self.status == "unknown":
                     self.status = "unhealthy"
+            if self.status != before and self.on_change is not None:
+                self.on_change(self.status)
             await asyncio.sleep(self.interval)
 
     async def check_once(self) -> bool:

@@ -15,10 +15,16 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import ssl
+
+from plait.identity.tls import PeerVerificationError, verify_peer
 from plait.proto.events import Headers
+from plait.proto.h1 import HOP_BY_HOP
+from plait.proxy.certificates import CertificateManager
 from plait.proxy.downstream import DownstreamConnection
+from plait.proxy.filters.inbound_policy import InboundPolicy
 from plait.proxy.runtime import APP_CLUSTER, ConfigHolder
-from plait.proxy.upstream import ClusterRuntime
+from plait.proxy.upstream import ClusterRuntime, Host
 from plait.telemetry.accesslog import AccessLog
 from plait.telemetry.stats import ListenerStats
 
@@ -28,6 +34,10 @@ if TYPE_CHECKING:
 __all__ = ["ListenerContext", "ProxySettings", "OUTBOUND", "INBOUND", "GATEWAY"]
 
 OUTBOUND, INBOUND, GATEWAY = "outbound", "inbound", "gateway"
+XFCC = b"x-forwarded-client-cert"
+# Never forwarded as received: hop-by-hop fields, and a client-certificate header that only
+# the inbound proxy may set (a caller could forge it to impersonate another workload).
+DROP_HEADERS = HOP_BY_HOP | {XFCC}
 
 RouteResult = tuple[ClusterRuntime | None, str, int] | None
 
@@ -60,8 +70,12 @@ class ListenerContext:
         config: ConfigHolder,
         access_log: AccessLog | None,
         spawn: Callable[[Coroutine[Any, Any, None]], None],
+        certs: CertificateManager | None = None,
     ) -> None:
         self.kind = kind
+        self.certs = certs
+        self.drop_headers = DROP_HEADERS
+        self.tls_counters: dict[str, int] = {}
         self.settings = settings
         self.config = config
         self.access_log = access_log
@@ -100,8 +114,34 @@ class ListenerContext:
         cluster = self.config.current.clusters.get(APP_CLUSTER)
         return (cluster, "inbound|app", 0)
 
+    def peer_identity(self, ssl_object: ssl.SSLObject) -> str | None:
+        """The caller's SPIFFE ID from its (already chain-verified) certificate, or None."""
+        try:
+            peer = verify_peer(ssl_object, None)
+        except PeerVerificationError as exc:
+            key = f"peer_refused.{exc.reason}"
+            self.tls_counters[key] = self.tls_counters.get(key, 0) + 1
+            return None
+        self.tls_counters["handshakes"] = self.tls_counters.get("handshakes", 0) + 1
+        return peer
+
+    def upstream_tls(self, host: Host) -> ssl.SSLContext | None:
+        """mTLS toward endpoints with a proxy (auto mTLS); plaintext toward the others."""
+        if host.identity and self.certs is not None:
+            return self.certs.client_context()
+        return None
+
+    def inbound_policy(self) -> InboundPolicy | None:
+        return self.config.current.inbound_policy if self.kind == INBOUND else None
+
     def add_request_headers(self, stream: Stream, headers: Headers) -> None:
-        if self.kind == GATEWAY:
+        if self.kind == INBOUND:
+            peer_id = stream.down.peer_id
+            certs = self.certs
+            if peer_id and certs is not None and certs.identity is not None:
+                # Envoy's SANITIZE_SET: the app learns who called, from us only.
+                headers.append((XFCC, f"By={certs.identity.spiffe_id};URI={peer_id}".encode()))
+        elif self.kind == GATEWAY:
             # Edge of the mesh: record the client (RFC 7239's de-facto predecessor XFF).
             peer = stream.down.peer.rpartition(":")[0].encode()
             for i, (name, value) in enumerate(headers):

@@ -13,10 +13,12 @@ place that awaits; the caller owns that task.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from plait.config.snapshot import Cluster, Endpoint
+from plait.identity.tls import PeerVerificationError, verify_peer
 from plait.proto.errors import ProtocolError
 from plait.proto.h1 import ResponseReader
 from plait.proxy.balance import LeastRequest, RoundRobin, make_balancer
@@ -145,6 +147,8 @@ class Host:
         "cx_connect_fail",
         "rq_total",
         "label",
+        "identity",
+        "cx_tls_fail",
     )
 
     def __init__(self, endpoint: Endpoint) -> None:
@@ -152,11 +156,14 @@ class Host:
         self.port = endpoint.port
         self.labels: Mapping[str, str] = endpoint.labels
         self.workload = endpoint.workload
+        # The SPIFFE ID the endpoint must prove; empty: no proxy there, plaintext (auto mTLS).
+        self.identity = endpoint.identity
         self.label = f"{self.address}:{self.port}"
         self.active = 0
         self.idle: list[UpstreamConnection] = []
         self.cx_total = 0
         self.cx_connect_fail = 0
+        self.cx_tls_fail = 0
         self.rq_total = 0
 
     def take_idle(self) -> UpstreamConnection | None:
@@ -192,18 +199,35 @@ class Host:
         for conn in list(self.idle):
             conn.close()
 
-    async def open_connection(self, timeout: float) -> UpstreamConnection:
-        """Connect a new pooled connection; raises OSError or TimeoutError on failure."""
+    async def open_connection(self, timeout: float, tls: ssl.SSLContext | None = None) -> UpstreamConnection:
+        """Connect a new pooled connection, over mTLS when `tls` is given (then the peer must
+        prove `identity`); raises OSError or TimeoutError on failure."""
         loop = asyncio.get_running_loop()
         self.cx_total += 1
         try:
             async with asyncio.timeout(timeout):
                 _, proto = await loop.create_connection(
-                    lambda: UpstreamConnection(self), self.address, self.port
+                    lambda: UpstreamConnection(self),
+                    self.address,
+                    self.port,
+                    ssl=tls,
+                    server_hostname="" if tls is not None else None,
                 )
+        except ssl.SSLError:
+            self.cx_connect_fail += 1
+            self.cx_tls_fail += 1
+            raise
         except (OSError, TimeoutError):
             self.cx_connect_fail += 1
             raise
+        if tls is not None:
+            try:
+                verify_peer(proto.transport.get_extra_info("ssl_object"), (self.identity,))  # type: ignore[union-attr]
+            except PeerVerificationError as exc:
+                self.cx_connect_fail += 1
+                self.cx_tls_fail += 1
+                proto.abort()
+                raise ConnectionRefusedError(f"{self.label}: {exc}") from None
         return proto
 
     def stats(self) -> dict[str, Any]:
@@ -214,6 +238,8 @@ class Host:
             "idle_connections": len(self.idle),
             "cx_total": self.cx_total,
             "cx_connect_fail": self.cx_connect_fail,
+            "cx_tls_fail": self.cx_tls_fail,
+            "identity": self.identity,
             "rq_total": self.rq_total,
         }
 
@@ -231,7 +257,7 @@ class HostRegistry:
         if host is None:
             host = self._hosts[endpoint.key] = Host(endpoint)
         else:
-            host.labels, host.workload = endpoint.labels, endpoint.workload
+            host.labels, host.workload, host.identity = endpoint.labels, endpoint.workload, endpoint.identity
         return host
 
     def retain(self, keep: Iterable[Host]) -> None:
