@@ -42,6 +42,7 @@ from plait.proto.h1 import (
 )
 from plait.proxy.filters.path_normalize import InvalidPath, normalize_path
 from plait.proxy.local_reply import local_reply_bytes
+from plait.proxy import batching
 from plait.proxy.upstream import WRITE_HIGH_WATER, Host, UpstreamConnection
 
 if TYPE_CHECKING:
@@ -86,6 +87,7 @@ class DownstreamConnection(asyncio.Protocol):
         "write_paused",
         "deferred_error",
         "peer_id",
+        "out",
     )
 
     def __init__(self, ctx: ListenerContext) -> None:
@@ -102,6 +104,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.write_paused = False
         self.deferred_error: ProtocolError | None = None
         self.peer_id = ""  # the caller's SPIFFE ID, once mTLS proved it
+        self.out: list[bytes] = []  # writes batched during one socket event (see batching)
 
     # asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -126,6 +129,14 @@ class DownstreamConnection(asyncio.Protocol):
         self.deadline_kind = 1
 
     def data_received(self, data: bytes) -> None:
+        started = batching.begin()
+        try:
+            self._received(data)
+        finally:
+            if started:
+                batching.end()
+
+    def _received(self, data: bytes) -> None:
         if self.stream is None and self.deadline_kind == 2:
             # First bytes of a new request on an idle connection: the head is now due.
             self.deadline = self.ctx.loop.time() + self.ctx.settings.header_timeout
@@ -233,11 +244,26 @@ class DownstreamConnection(asyncio.Protocol):
         self.close()
 
     def write(self, data: bytes) -> None:
-        if not self.closed and self.transport is not None:
+        if self.closed or self.transport is None:
+            return
+        if batching.is_active():
+            if not self.out:
+                batching.pending.append(self)
+            self.out.append(data)
+        else:
             self.transport.write(data)
+
+    def flush_out(self) -> None:
+        out = self.out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            if not self.closed and self.transport is not None:
+                self.transport.write(data)
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:
+            self.flush_out()  # a reply written in this batch goes out before the close
             self.closed = True
             self.transport.close()
 
@@ -465,14 +491,12 @@ class Stream:
         self.upstream = conn
         conn.stream = self
         conn.reader.expect(self.method)
-        transport = conn.transport
-        assert transport is not None
-        transport.write(self.up_head)
         pending = self.pending_body
         if pending:
             self.pending_body = []
-            for piece in pending:
-                transport.write(piece)
+            conn.write(self.up_head + b"".join(pending))
+        else:
+            conn.write(self.up_head)
         if self.down.write_paused:
             conn.pause_reading()
         self.down.resume_reading(PAUSE_CONNECTING)
@@ -490,8 +514,7 @@ class Stream:
                 self.replay = None
         upstream = self.upstream
         if upstream is not None:
-            assert upstream.transport is not None
-            upstream.transport.write(piece)
+            upstream.write(piece)
         else:
             self.pending_body.append(piece)
 
@@ -501,8 +524,8 @@ class Stream:
             if self.replay is not None:
                 self.replay.append(LAST_CHUNK)
             upstream = self.upstream
-            if upstream is not None and upstream.transport is not None:
-                upstream.transport.write(LAST_CHUNK)
+            if upstream is not None:
+                upstream.write(LAST_CHUNK)
             else:
                 self.pending_body.append(LAST_CHUNK)
         if self.response_complete or self.finished:

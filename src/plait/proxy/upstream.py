@@ -21,6 +21,7 @@ from plait.config.snapshot import Cluster, Endpoint
 from plait.identity.tls import PeerVerificationError, verify_peer
 from plait.proto.errors import ProtocolError
 from plait.proto.h1 import ResponseReader
+from plait.proxy import batching
 from plait.proxy.balance import LeastRequest, RoundRobin, make_balancer
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class UpstreamConnection(asyncio.Protocol):
         "idle_since",
         "reading_paused",
         "got_bytes",
+        "out",
     )
 
     def __init__(self, host: Host) -> None:
@@ -59,6 +61,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.reading_paused = False
         self.got_bytes = False
+        self.out: list[bytes] = []  # writes batched during one socket event (see batching)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -66,6 +69,32 @@ class UpstreamConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(WRITE_HIGH_WATER)
 
     def data_received(self, data: bytes) -> None:
+        started = batching.begin()
+        try:
+            self._received(data)
+        finally:
+            if started:
+                batching.end()
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            return
+        if batching.is_active():
+            if not self.out:
+                batching.pending.append(self)
+            self.out.append(data)
+        else:
+            self.transport.write(data)
+
+    def flush_out(self) -> None:
+        out = self.out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            if not self.closed and self.transport is not None:
+                self.transport.write(data)
+
+    def _received(self, data: bytes) -> None:
         stream = self.stream
         if stream is None:
             self.close()  # bytes nobody asked for: the connection is not safe to reuse
@@ -120,6 +149,7 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         self.stream = None
         if not self.closed and self.transport is not None:
+            self.flush_out()
             self.closed = True
             self.transport.close()
         self.host.forget_idle(self)
@@ -127,6 +157,7 @@ class UpstreamConnection(asyncio.Protocol):
     def abort(self) -> None:
         """Drop the connection at once (the exchange on it can no longer complete)."""
         self.stream = None
+        self.out.clear()
         if not self.closed and self.transport is not None:
             self.closed = True
             self.transport.abort()

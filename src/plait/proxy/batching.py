@@ -1,0 +1,47 @@
+"""Write batching: while one socket event is handled, writes are collected per socket and
+sent once at the end — one system call and, on TLS, one record, instead of one per piece
+(the head, the body, the last chunk). Like TCP_CORK, but in user space and per event.
+
+Only the two `data_received` callbacks open a batch; a write made anywhere else (a timer,
+a connect task) goes out at once, so nothing can be left waiting for a flush.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+__all__ = ["Batchable", "begin", "end", "is_active", "pending"]
+
+
+class Batchable(Protocol):
+    out: list[bytes]
+
+    def flush_out(self) -> None: ...
+
+
+pending: list[Batchable] = []
+_active = False
+
+
+def is_active() -> bool:
+    return _active
+
+
+def begin() -> bool:
+    """Open a batch; False if one is already open (the caller must then not close it)."""
+    global _active
+    if _active:
+        return False
+    _active = True
+    return True
+
+
+def end() -> None:
+    """Send everything collected, one write per socket, and close the batch."""
+    global _active
+    _active = False
+    if pending:
+        batch = pending[:]
+        pending.clear()
+        for sock in batch:
+            sock.flush_out()
