@@ -88,6 +88,8 @@ def test_the_spec_lists_every_operation() -> None:
         ("DELETE", "/api/v1/resources/{kind}/{namespace}/{name}"),
         ("GET", "/api/v1/watch"),
         ("POST", "/api/v1/tokens"),
+        ("GET", "/api/v1/ca"),
+        ("POST", "/api/v1/ca/rotate"),
         ("GET", "/api/v1/proxies"),
         ("GET", "/api/v1/analyze"),
     ]

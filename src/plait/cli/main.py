@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("plait.cli.resources_cmd", "each proxy's config sync state (like istioctl proxy-status)"),
     "analyze": ("plait.cli.resources_cmd", "find references that do not resolve (like istioctl analyze)"),
     "token": ("plait.cli.token_cmd", "create join tokens for proxies (plait token create ...)"),
+    "ca": ("plait.cli.ca_cmd", "the mesh CA: plait ca status, plait ca rotate"),
 }
 
 

@@ -12,7 +12,7 @@ its client disconnects (Starlette cancels it), its timeout passes, or the store 
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Awaitable, AsyncIterator, Callable, Mapping, Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request
@@ -78,6 +78,8 @@ def create_app(
     proxies: Callable[[], list[dict[str, Any]]] = lambda: [],
     max_body_bytes: int = MAX_BODY_BYTES,
     tokens: Callable[[str, str, float, str | None], dict[str, str]] | None = None,
+    ca_roots: Callable[[], list[dict[str, Any]]] | None = None,
+    ca_rotate: Callable[[], Awaitable[dict[str, Any]]] | None = None,
 ) -> FastAPI:
     """The API over `config`; `proxies()` lists the connected proxies (the push server's)."""
     app = FastAPI(
@@ -238,6 +240,27 @@ def create_app(
         if tokens is None:
             raise ApiError(404, "this control plane issues no certificates")
         return tokens(request.service, request.namespace, float(request.ttlSeconds), request.serviceAccount)
+
+    @app.get("/api/v1/ca", response_model=list[dict[str, Any]], tags=["identity"])
+    async def ca_status() -> list[dict[str, Any]]:
+        """The trusted roots: fingerprint, state (pending, signing, previous), expiry."""
+        return ca_roots() if ca_roots is not None else []
+
+    @app.post(
+        "/api/v1/ca/rotate",
+        response_model=dict[str, Any],
+        responses=m.error_responses(401, 404, 409),
+        tags=["identity"],
+        dependencies=writes,
+    )
+    async def ca_rotate_now() -> dict[str, Any]:
+        """Rotate the root CA with no dropped connection (bundle first, then signing)."""
+        if ca_rotate is None:
+            raise ApiError(404, "this control plane issues no certificates")
+        try:
+            return await ca_rotate()
+        except (TimeoutError, RuntimeError, ValueError) as e:
+            raise ApiError(409, f"CA rotation did not complete: {e}") from None
 
     @app.get("/api/v1/proxies", response_model=list[dict[str, Any]], tags=["proxies"])
     async def list_proxies() -> list[dict[str, Any]]:

@@ -142,6 +142,7 @@ _ERRORS = {
     400: "invalid input: the errors name document, line and field",
     401: "missing or wrong admin token",
     404: "no such resource",
+    409: "the operation could not complete in the current state",
     413: "body over the size limit",
     415: "not YAML or JSON",
     503: "the store is unavailable",

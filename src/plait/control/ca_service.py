@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from plait.control.store import Conflict, Store
-from plait.identity.ca import CertificateAuthority, CsrError
+from plait.identity.ca import CaError, CertificateAuthority, CsrError
 from plait.identity.csr import generate_key, key_to_pem, make_csr, write_file_atomic
 from plait.identity.spiffe import SpiffeId
-from plait.identity.tls import server_context
+from plait.identity.tls import Identity, RotatingServerContext
 from plait.identity.tokens import JoinClaims, TokenError, TokenIssuer, load_or_create_secret
 
 __all__ = ["CONTROL_NAMESPACE", "CaService", "TokenError"]
@@ -57,8 +58,10 @@ class CaService:
         self.trust_domain = trust_domain
         self.tokens = TokenIssuer(load_or_create_secret(data_dir / "join-secret"))
         self.bundle_path = data_dir / "trust-bundle.pem"
-        write_file_atomic(self.bundle_path, self.ca.trust_bundle_pem(), 0o644)
+        self.publish_bundle()
         self.counters = {"issued": 0, "renewed": 0, "token_rejected": 0, "csr_rejected": 0}
+        self._serving: RotatingServerContext | None = None
+        self._serving_renew_at = 0.0
 
     @property
     def control_id(self) -> SpiffeId:
@@ -66,6 +69,35 @@ class CaService:
 
     def bundle(self) -> bytes:
         return self.ca.trust_bundle_pem()
+
+    def publish_bundle(self) -> None:
+        """Write the current trust bundle where operators and new proxies read it."""
+        write_file_atomic(self.bundle_path, self.ca.trust_bundle_pem(), 0o644)
+
+    def retire_expired_roots(self) -> list[str]:
+        """Drop previous roots whose certificates can no longer be valid; their fingerprints."""
+        retired = []
+        for root in self.ca.roots():
+            if root.state == "previous":
+                try:
+                    self.ca.retire(root.fingerprint)
+                except CaError:
+                    continue
+                retired.append(root.fingerprint)
+        if retired:
+            self.publish_bundle()
+        return retired
+
+    def roots(self) -> list[dict[str, str | None]]:
+        return [
+            {
+                "fingerprint": r.fingerprint,
+                "state": r.state,
+                "notAfter": r.not_after.isoformat(),
+                "maxLeafExpiry": r.max_leaf_expiry.isoformat() if r.max_leaf_expiry else None,
+            }
+            for r in self.ca.roots()
+        ]
 
     def create_token(
         self, service: str, namespace: str, ttl: timedelta = timedelta(hours=1), service_account: str | None = None
@@ -99,11 +131,27 @@ class CaService:
         return chain
 
     def serving_context(self) -> ssl.SSLContext:
-        """TLS for the push channel: our own certificate; client certificates optional
-        (a bootstrapping proxy has none yet) but verified when presented."""
+        """TLS for the push channel: our own certificate, renewed by `renew_serving()`; client
+        certificates optional (a bootstrapping proxy has none yet) but verified when presented."""
+        self._serving = RotatingServerContext(
+            self._serving_identity(), require_client_cert=False, alpn=("plait-push",)
+        )
+        return self._serving.context
+
+    def renew_serving(self, now: float | None = None) -> None:
+        """Re-issue our own certificate at half its lifetime (the push server calls this every
+        second), so proxies that connect later never meet an expired control plane."""
+        if self._serving is not None and (now or time.time()) >= self._serving_renew_at:
+            self._serving.update(self._serving_identity())
+            log.info("renewed the push channel's certificate")
+
+    def _serving_identity(self) -> Identity:
         key = generate_key()
         chain = self.ca.sign_csr(make_csr(key, self.control_id), self.control_id, self.cert_ttl)
-        return server_context(chain, key_to_pem(key), self.bundle(), require_client_cert=False, alpn=("plait-push",))
+        identity = Identity.from_pem(chain, key_to_pem(key), self.bundle())
+        now = time.time()
+        self._serving_renew_at = now + (identity.not_after.timestamp() - now) / 2
+        return identity
 
     async def prune_used_tokens(self) -> None:
         """Forget spent tokens that have expired anyway (they can no longer verify)."""

@@ -14,6 +14,7 @@ heartbeat sweeper. `aclose()` cancels and awaits all of them.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
@@ -68,6 +69,7 @@ class ProxyConnection:
         self.identity: str | None = None
         self.certificate: dict[str, Any] | None = None
         self.sent_workload: bytes | None = None
+        self.bundle_id = ""  # the trust bundle it confirmed holding (CA rotation waits on it)
 
     @property
     def name(self) -> str:
@@ -349,6 +351,8 @@ class PushServer:
             conn.sent_workload = None
             if message.get("reason") == "base":
                 self.push(conn)
+        elif kind == "bundle_ack":
+            conn.bundle_id = str(message.get("id", ""))
         elif kind == "certificate_status":
             conn.certificate = dict(message.get("certificate") or {})
         elif kind == "health":
@@ -388,6 +392,7 @@ class PushServer:
                 return self._refuse(conn, f"certificate signing request refused: {exc}")
             conn.identity = str(spiffe)
             conn.send(wire.encode({"type": "certificate", "chain": chain.decode(), "bundle": self.ca.bundle().decode()}))
+        conn.send(self._bundle_message())
         try:
             proved = SpiffeId.parse(conn.identity)
         except ValueError as exc:
@@ -395,6 +400,43 @@ class PushServer:
         if proved.namespace != namespace:
             return self._refuse(conn, f"identity {conn.identity} may not register in namespace {namespace}")
         return True
+
+    def _bundle_message(self) -> bytes:
+        assert self.ca is not None
+        bundle = self.ca.bundle()
+        return wire.encode({"type": "bundle", "bundle": bundle.decode(), "id": bundle_id(bundle)})
+
+    def broadcast_bundle(self) -> None:
+        """Send the current trust bundle to every proxy (after a root joins or retires)."""
+        if self.ca is None:
+            return
+        message = self._bundle_message()
+        for conn in list(self.connections):
+            conn.send(message)
+
+    async def rotate_ca(self, timeout: float = 30.0) -> dict[str, Any]:
+        """Rotate the root without breaking a connection: a new root joins the bundle, every
+        proxy confirms it holds the new bundle, only then does the new root sign, and every
+        proxy is asked to renew. The old root stays trusted until its leaves expire."""
+        if self.ca is None:
+            raise RuntimeError("this control plane has no CA")
+        new_root = self.ca.ca.prepare_rotation()
+        self.ca.publish_bundle()
+        wanted = bundle_id(self.ca.bundle())
+        self.broadcast_bundle()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(c.bundle_id != wanted for c in self.connections if c.identity):
+            if loop.time() > deadline:
+                late = sorted(c.name for c in self.connections if c.bundle_id != wanted)
+                raise TimeoutError(f"proxies did not confirm the new trust bundle: {', '.join(late)}")
+            await asyncio.sleep(0.05)
+        self.ca.ca.activate_rotation()
+        renew = wire.encode({"type": "renew"})
+        for conn in list(self.connections):
+            conn.send(renew)
+        log.info("CA rotated: root %s now signs; %d proxies asked to renew", new_root, len(self.connections))
+        return {"signing_root": new_root, "proxies": len(self.connections)}
 
     async def _renew(self, conn: ProxyConnection, csr: str) -> None:
         if self.ca is None or conn.identity is None:
@@ -416,6 +458,8 @@ class PushServer:
         """Drop connections whose heartbeats stopped (a hung proxy keeps its socket open)."""
         while True:
             await asyncio.sleep(1.0)
+            if self.ca is not None:
+                self.ca.renew_serving()
             cutoff = time.monotonic() - self.heartbeat_grace
             for conn in [c for c in self.connections if c.last_seen < cutoff]:
                 log.warning("proxy %s missed its heartbeats; dropping it", conn.name)
@@ -460,3 +504,8 @@ def _policy_compiles(resource: Any, labels: dict[str, str], namespace: str) -> b
         log.warning("policy %s/%s not pushed: %s", resource.metadata.namespace, resource.metadata.name, exc)
         return False
     return True
+
+
+def bundle_id(bundle: bytes) -> str:
+    """A short name for one trust bundle's content (what a proxy confirms holding)."""
+    return hashlib.sha256(bundle).hexdigest()[:16]

@@ -79,7 +79,14 @@ class ControlPlane:
             self.store, self.config, self.registry, heartbeat_grace=self.grace, ca=self.ca
         )
         await self.push.start(*self.push_address)
-        app = create_app(self.config, self.token, self.push.status, tokens=self._join_token)
+        app = create_app(
+            self.config,
+            self.token,
+            self.push.status,
+            tokens=self._join_token,
+            ca_roots=self.ca.roots,
+            ca_rotate=self.push.rotate_ca,
+        )
         config = uvicorn.Config(
             app, host=self.api_address[0], port=self.api_address[1], log_level="warning", lifespan="off"
         )
@@ -92,6 +99,15 @@ class ControlPlane:
                 raise OSError(f"control plane API did not start on {self.api_address}")
             await asyncio.sleep(0.02)
         self.api_port = self._uvicorn.servers[0].sockets[0].getsockname()[1]
+        self._retire_task = asyncio.get_running_loop().create_task(self._retire_roots())
+
+    async def _retire_roots(self) -> None:
+        """Drop previous roots once their certificates have all expired (checked every 10 min)."""
+        while True:
+            if self.ca.retire_expired_roots():
+                self.push.broadcast_bundle()
+            await self.ca.prune_used_tokens()
+            await asyncio.sleep(600)
 
     def _join_token(self, service: str, namespace: str, ttl: float, account: str | None) -> dict[str, str]:
         token = self.ca.create_token(service, namespace, timedelta(seconds=ttl), account)
@@ -107,6 +123,10 @@ class ControlPlane:
         return f"http://{self.api_address[0]}:{self.api_port}"
 
     async def aclose(self) -> None:
+        task = getattr(self, "_retire_task", None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         if self._uvicorn is not None and self._api_task is not None:
             self._uvicorn.should_exit = True
             await asyncio.gather(self._api_task, return_exceptions=True)

@@ -134,7 +134,9 @@ class ControlAgent:
             return None
         identity = self.certs.identity if self.certs else None
         if identity is not None:
-            return client_context(identity.cert_pem, identity.key_pem, self.ca_bundle, alpn=PUSH_ALPN)
+            # The bundle the control plane last sent (it follows CA rotations), not the
+            # bootstrap file, which may predate a rotation.
+            return client_context(identity.cert_pem, identity.key_pem, identity.bundle_pem, alpn=PUSH_ALPN)
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.check_hostname = False  # the SPIFFE ID is checked instead, right after the handshake
@@ -164,6 +166,9 @@ class ControlAgent:
             hello["join_token"] = self.join_token
             hello["csr"] = self.certs.csr().decode()
         self._send(hello)
+        if self.certs is not None and self.certs.identity is not None:
+            self._send({"type": "certificate_status", "certificate": self.certs.status()})
+        self._send_certificate_status()
         self.connected = True
         self.last_error = None
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeats())
@@ -203,6 +208,18 @@ class ControlAgent:
             return
         if kind == "error":
             raise BootstrapError(str(message.get("error", "refused by the control plane")))
+        if kind == "bundle":
+            if self.certs is not None:
+                self.certs.update_bundle(str(message.get("bundle", "")).encode())
+            self._send({"type": "bundle_ack", "id": message.get("id", "")})
+            return
+        if kind == "renew":
+            if self.certs is not None:
+                self.certs.renew_now()
+                self._renewal_requested = 0.0
+                self._send({"type": "csr", "csr": self.certs.csr().decode()})
+                self._renewal_requested = time.time()
+            return
         if kind == "workload":
             # Applied together with the snapshot or delta that follows it.
             self._pending_workload = dict(message.get("data") or {})
@@ -252,7 +269,14 @@ class ControlAgent:
             return
         self._renewal_requested = 0.0
         self.join_token = None  # spent: later connections authenticate with the certificate
+        self._send({"type": "certificate_status", "certificate": self.certs.status()})
         log.info("certificate installed: %s serial %x expires %s", identity.spiffe_id, identity.serial, identity.not_after)
+        self._send_certificate_status()
+
+    def _send_certificate_status(self) -> None:
+        """Tell the control plane which certificate we hold (`plait status` shows it)."""
+        if self.certs is not None and self.certs.identity is not None:
+            self._send({"type": "certificate_status", "certificate": self.certs.status()})
 
     def _nack(self, version: str, error: str) -> None:
         log.warning("rejected config version %s: %s", version, error)

@@ -87,10 +87,10 @@ class CertificateManager:
         identity = Identity.from_pem(chain_pem, self._pending_key_pem, bundle_pem)
         self._pending_key_pem = None
         self._save(identity)
-        self._set(identity)
+        self._set(identity, issued=time.time())
         return identity
 
-    def _set(self, identity: Identity) -> None:
+    def _set(self, identity: Identity, issued: float | None = None, new_certificate: bool = True) -> None:
         first = self.identity is None
         self.identity = identity
         if self.server is None:
@@ -98,13 +98,34 @@ class CertificateManager:
         else:
             self.server.update(identity)
         self._client = identity.client_context(alpn=("http/1.1",))
-        lifetime = identity.not_after.timestamp() - identity.not_before.timestamp()
+        if not new_certificate:
+            return  # same certificate, new trust bundle: same renewal time, not a rotation
+        # The lifetime counts from issuance (`issued`, just now for a certificate the control
+        # plane sent): CAs backdate not_before for clock skew (ours by 60 s), which would pull
+        # the renewal of a short-lived certificate into the past. A certificate loaded from disk
+        # counts from not_before: earlier, so never later than its schedule.
+        not_before, not_after = identity.not_before.timestamp(), identity.not_after.timestamp()
+        start = not_before if issued is None else min(max(not_before, issued), not_after)
         fraction = RENEW_FRACTION + self._rng.uniform(-RENEW_JITTER, RENEW_JITTER)
-        self.renew_at = identity.not_before.timestamp() + lifetime * fraction
+        self.renew_at = start + (not_after - start) * fraction
         if not first:
             self.rotations += 1
         for callback in self.on_rotate:
             callback(identity)
+
+    def update_bundle(self, bundle_pem: bytes) -> bool:
+        """Trust a new bundle (CA rotation) with the same certificate; True if it changed."""
+        identity = self.identity
+        if identity is None or identity.bundle_pem == bundle_pem:
+            return False
+        updated = Identity.from_pem(identity.cert_pem, identity.key_pem, bundle_pem)
+        self._save(updated)
+        self._set(updated, new_certificate=False)
+        return True
+
+    def renew_now(self) -> None:
+        """The control plane asked for a new certificate (a new root signs now)."""
+        self.renew_at = 0.0
 
     # readers -------------------------------------------------------------------------
     def client_context(self) -> ssl.SSLContext | None:
@@ -124,4 +145,18 @@ class CertificateManager:
             "not_after": identity.not_after.isoformat(),
             "renew_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.renew_at)),
             "rotations": self.rotations,
+            "issuer_key_id": _authority_key_id(identity.cert_pem),
+            "trusted_roots": identity.bundle_pem.count(b"-----BEGIN CERTIFICATE-----"),
         }
+
+
+def _authority_key_id(cert_pem: bytes) -> str | None:
+    """Which root signed the certificate (its key id): shows a CA rotation taking effect."""
+    from cryptography import x509
+
+    leaf = x509.load_pem_x509_certificates(cert_pem)[0]
+    try:
+        aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return None
+    return aki.key_identifier.hex() if aki.key_identifier else None
