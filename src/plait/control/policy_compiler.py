@@ -180,12 +180,14 @@ def compile_mtls_mode(
     selecting policy in its namespace, else its namespace's policy without selector, else the
     mesh-wide one in the root namespace; UNSET inherits). plait's default is STRICT: traffic
     between proxies is encrypted unless someone says otherwise."""
-    workload, namespace_wide, mesh_wide = "UNSET", "UNSET", "UNSET"
+    workload: str = "UNSET"
+    namespace_wide: str = "UNSET"
+    mesh_wide: str = "UNSET"
     for x in sorted(
         (x for x in resources if isinstance(x, PeerAuthentication)),
         key=lambda p: (p.metadata.namespace, p.metadata.name),
     ):
-        mode = x.spec.mtls.mode if x.spec.mtls is not None else "UNSET"
+        mode: str = x.spec.mtls.mode if x.spec.mtls is not None else "UNSET"
         selector = x.spec.selector.match_labels if x.spec.selector is not None else None
         if x.metadata.namespace == namespace and selector:
             if all(workload_labels.get(k) == v for k, v in selector.items()) and workload == "UNSET":

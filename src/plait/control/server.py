@@ -91,7 +91,6 @@ class ControlPlane:
             app, host=self.api_address[0], port=self.api_address[1], log_level="warning", lifespan="off"
         )
         self._uvicorn = uvicorn.Server(config)
-        self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._api_task = asyncio.get_running_loop().create_task(self._uvicorn.serve())
         while not self._uvicorn.started:
             if self._api_task.done():

@@ -357,7 +357,8 @@ def prepare(
     ports = PortAllocator(HOST)
     sidecars, gateway = allocate(mesh, ports, gateway_port)
     api = ports.reserve(mesh.control_port if control_port is None else control_port)
-    control = Control(api, *ports.allocate(), data_dir=run_dir / "control")
+    (push,) = ports.allocate()
+    control = Control(api, push, data_dir=run_dir / "control")
     snaps = snapshots(mesh, sidecars, gateway)  # raises CompileError before anything starts
     # A local run starts from a clean control plane: no registry entries of a previous run.
     shutil.rmtree(control.data_dir, ignore_errors=True)
