@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-__all__ = ["Batchable", "begin", "end", "is_active", "pending"]
+__all__ = ["Batchable", "BatchedWriter", "begin", "end", "is_active", "pending"]
 
 
 class Batchable(Protocol):
@@ -45,3 +45,31 @@ def end() -> None:
         pending.clear()
         for sock in batch:
             sock.flush_out()
+
+
+class BatchedWriter:
+    """Mixin for a Protocol with `transport`, `closed` and `out`: writes join the open batch,
+    or go out at once when none is open."""
+
+    __slots__ = ()
+    transport: object
+    closed: bool
+    out: list[bytes]
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self.transport is None:
+            return
+        if _active:
+            if not self.out:
+                pending.append(self)
+            self.out.append(data)
+        else:
+            self.transport.write(data)  # type: ignore[attr-defined]
+
+    def flush_out(self) -> None:
+        out = self.out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            if not self.closed and self.transport is not None:
+                self.transport.write(data)  # type: ignore[attr-defined]

@@ -70,7 +70,7 @@ def _request_id() -> bytes:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}".encode()
 
 
-class DownstreamConnection(asyncio.Protocol):
+class DownstreamConnection(batching.BatchedWriter, asyncio.Protocol):
     """One client connection on a listener; owns at most one active stream at a time."""
 
     __slots__ = (
@@ -242,24 +242,6 @@ class DownstreamConnection(asyncio.Protocol):
             self.write(local_reply_bytes(408, "DPE", b"request head not received in time", close=True))
             self.ctx.log_refusal(self, 408, "request header timeout")
         self.close()
-
-    def write(self, data: bytes) -> None:
-        if self.closed or self.transport is None:
-            return
-        if batching.is_active():
-            if not self.out:
-                batching.pending.append(self)
-            self.out.append(data)
-        else:
-            self.transport.write(data)
-
-    def flush_out(self) -> None:
-        out = self.out
-        if out:
-            data = out[0] if len(out) == 1 else b"".join(out)
-            out.clear()
-            if not self.closed and self.transport is not None:
-                self.transport.write(data)
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:

@@ -23,7 +23,8 @@ from plait.proto.h1 import HOP_BY_HOP
 from plait.proxy.certificates import CertificateManager
 from plait.proxy.downstream import DownstreamConnection
 from plait.proxy.filters.inbound_policy import InboundPolicy
-from plait.proxy.runtime import APP_CLUSTER, ConfigHolder
+from plait.proxy.routing import Decision
+from plait.proxy.runtime import APP_CLUSTER, ConfigHolder, Runtime
 from plait.proxy.upstream import ClusterRuntime, Host
 from plait.telemetry.accesslog import AccessLog
 from plait.telemetry.stats import ListenerStats
@@ -96,19 +97,11 @@ class ListenerContext:
     # routing -------------------------------------------------------------------------
     def _route_outbound(self, authority: bytes, method: bytes, path: bytes, headers: Headers) -> RouteResult:
         runtime = self.config.current
-        decision = runtime.table.outbound(authority, method, path, headers)
-        if decision is None:
-            return None
-        cluster = runtime.clusters.get(decision.service)
-        return (cluster if cluster and cluster.hosts else None, decision.route, decision.timeout_ms)
+        return _resolve(runtime, runtime.table.outbound(authority, method, path, headers))
 
     def _route_gateway(self, authority: bytes, method: bytes, path: bytes, headers: Headers) -> RouteResult:
         runtime = self.config.current
-        decision = runtime.table.gateway(authority, method, path, headers)
-        if decision is None:
-            return None
-        cluster = runtime.clusters.get(decision.service)
-        return (cluster if cluster and cluster.hosts else None, decision.route, decision.timeout_ms)
+        return _resolve(runtime, runtime.table.gateway(authority, method, path, headers))
 
     def _route_inbound(self, authority: bytes, method: bytes, path: bytes, headers: Headers) -> RouteResult:
         cluster = self.config.current.clusters.get(APP_CLUSTER)
@@ -206,3 +199,11 @@ class ListenerContext:
 
     def stats_dict(self) -> dict[str, int]:
         return self.stats.as_dict(len(self.connections))
+
+
+def _resolve(runtime: Runtime, decision: Decision | None) -> RouteResult:
+    """A route decision as the stream needs it: the cluster (None if it has no host)."""
+    if decision is None:
+        return None
+    cluster = runtime.clusters.get(decision.service)
+    return (cluster if cluster and cluster.hosts else None, decision.route, decision.timeout_ms)

@@ -13,6 +13,7 @@ place that awaits; the caller owns that task.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -29,13 +30,15 @@ if TYPE_CHECKING:
 
 __all__ = ["ClusterRuntime", "Host", "HostRegistry", "UpstreamConnection"]
 
+log = logging.getLogger("plait.proxy.upstream")
+
 # Above this many bytes queued for a socket we pause the other side (explicit high water).
 WRITE_HIGH_WATER = 64 * 1024
 # Idle pooled connections kept per host; more are closed rather than hoarded.
 MAX_IDLE_PER_HOST = 64
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(batching.BatchedWriter, asyncio.Protocol):
     """One HTTP/1.1 connection to a host, carrying one stream at a time."""
 
     __slots__ = (
@@ -75,24 +78,6 @@ class UpstreamConnection(asyncio.Protocol):
         finally:
             if started:
                 batching.end()
-
-    def write(self, data: bytes) -> None:
-        if self.closed or self.transport is None:
-            return
-        if batching.is_active():
-            if not self.out:
-                batching.pending.append(self)
-            self.out.append(data)
-        else:
-            self.transport.write(data)
-
-    def flush_out(self) -> None:
-        out = self.out
-        if out:
-            data = out[0] if len(out) == 1 else b"".join(out)
-            out.clear()
-            if not self.closed and self.transport is not None:
-                self.transport.write(data)
 
     def _received(self, data: bytes) -> None:
         stream = self.stream
@@ -244,9 +229,9 @@ class Host:
                     ssl=tls,
                     server_hostname="" if tls is not None else None,
                 )
-        except ssl.SSLError:
+        except ssl.SSLError as exc:
             self.cx_connect_fail += 1
-            self.cx_tls_fail += 1
+            self._tls_failed(str(exc))
             raise
         except (OSError, TimeoutError):
             self.cx_connect_fail += 1
@@ -256,10 +241,17 @@ class Host:
                 verify_peer(proto.transport.get_extra_info("ssl_object"), (self.identity,))  # type: ignore[union-attr]
             except PeerVerificationError as exc:
                 self.cx_connect_fail += 1
-                self.cx_tls_fail += 1
+                self._tls_failed(str(exc))
                 proto.abort()
                 raise ConnectionRefusedError(f"{self.label}: {exc}") from None
         return proto
+
+    def _tls_failed(self, why: str) -> None:
+        """Count an mTLS failure; log the 1st, 2nd, 4th, 8th... per host (bounded log volume)."""
+        self.cx_tls_fail += 1
+        count = self.cx_tls_fail
+        if count & (count - 1) == 0:
+            log.warning("upstream %s refused over mTLS: %s (cx_tls_fail: %d)", self.label, why, count)
 
     def stats(self) -> dict[str, Any]:
         return {
