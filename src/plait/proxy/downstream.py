@@ -209,10 +209,12 @@ class DownstreamConnection(batching.BatchedWriter, asyncio.Protocol):
         self.stream = None
         if self.closed:
             return
-        if not keep_alive:
+        ctx = self.ctx
+        if not keep_alive or ctx.draining:
+            # Draining: a response whose head went out before the drain began carried no
+            # `Connection: close`; closing now beats a request racing the final close.
             self.close()
             return
-        ctx = self.ctx
         self.deadline = ctx.loop.time() + ctx.settings.idle_timeout
         self.deadline_kind = 2
         if self.queued:
