@@ -23,7 +23,7 @@ from plait.identity.tls import PeerVerificationError, verify_peer
 from plait.proto.errors import ProtocolError
 from plait.proto.h1 import ResponseReader
 from plait.proxy import batching
-from plait.proxy.balance import LeastRequest, RoundRobin, make_balancer
+from plait.proxy.balance import Balancer, make_balancer
 
 if TYPE_CHECKING:
     from plait.proxy.downstream import Stream
@@ -308,7 +308,7 @@ class ClusterRuntime:
         self.name = name
         self.namespace = namespace
         self.hosts = hosts
-        self.balancer: RoundRobin | LeastRequest = make_balancer(lb_kind, hosts)
+        self.balancer: Balancer = make_balancer(lb_kind, hosts)
 
     @classmethod
     def from_cluster(
