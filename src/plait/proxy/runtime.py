@@ -48,8 +48,12 @@ class ConfigHolder:
         self.current = self._build(snapshot)
 
     def _build(self, snapshot: Snapshot) -> Runtime:
+        previous = self.current.clusters if hasattr(self, "current") else {}
         clusters = {
-            (c.namespace, c.name): ClusterRuntime.from_cluster(c, self.hosts) for c in snapshot.clusters
+            (c.namespace, c.name): ClusterRuntime.from_cluster(
+                c, self.hosts, previous.get((c.namespace, c.name))
+            )
+            for c in snapshot.clusters
         }
         if self.app is not None:
             # Inbound traffic goes to the local app only: one host, pooled like any other.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from time import monotonic
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,10 @@ from plait.identity.tls import PeerVerificationError, verify_peer
 from plait.proto.errors import ProtocolError
 from plait.proto.h1 import ResponseReader
 from plait.proxy import batching
-from plait.proxy.balance import Balancer, make_balancer
+from plait.config.traffic_policy import ClusterPolicy
+from plait.proxy.balance import Balancer, make_balancer, panic_hosts
+from plait.proxy.outlier import OutlierDetector
+from plait.proxy.resilience import CircuitBreaker, RetryBudget
 
 if TYPE_CHECKING:
     from plait.proxy.downstream import Stream
@@ -294,32 +298,92 @@ class HostRegistry:
 
 
 class ClusterRuntime:
-    """A service at run time: its healthy hosts and the balancer over them."""
+    """A service at run time: its hosts, which of them are healthy, the balancer over those,
+    and the per-cluster resilience state (circuit breaker, retry budget, outlier detector).
 
-    __slots__ = ("name", "namespace", "hosts", "balancer")
+    Built once per snapshot; the resilience state carries over from the runtime it replaces
+    (`previous`) so a config push does not reset a breaker's counts or an ejection.
+    """
+
+    __slots__ = (
+        "name",
+        "namespace",
+        "hosts",
+        "balancer",
+        "policy",
+        "breaker",
+        "budget",
+        "detector",
+        "panic",
+        "_healthy",
+    )
 
     def __init__(
         self,
         name: str,
         namespace: str,
         hosts: tuple[Host, ...],
-        lb_kind: str = "LEAST_REQUEST",
+        policy: ClusterPolicy | None = None,
+        previous: ClusterRuntime | None = None,
     ) -> None:
         self.name = name
         self.namespace = namespace
         self.hosts = hosts
-        self.balancer: Balancer = make_balancer(lb_kind, hosts)
+        policy = policy or ClusterPolicy()
+        self.policy = policy
+        same_policy = previous is not None and previous.policy == policy
+        if previous is not None:
+            self.breaker = previous.breaker
+            self.breaker.limits = policy.connection_pool
+        else:
+            self.breaker = CircuitBreaker(policy.connection_pool)
+        self.budget = (
+            previous.budget
+            if previous is not None and previous.policy.retry_budget == policy.retry_budget
+            else RetryBudget.from_policy(policy.retry_budget, monotonic)
+        )
+        self.detector: OutlierDetector | None = None
+        if policy.outlier is not None:
+            if same_policy and previous is not None and previous.detector is not None:
+                self.detector = previous.detector
+            else:
+                self.detector = OutlierDetector(policy.outlier, hosts)
+            self.detector.set_hosts(hosts)
+        self.panic = False
+        self._healthy: tuple[Host, ...] = hosts
+        self.balancer: Balancer = self._balancer(hosts, previous.balancer if previous else None)
+
+    def _balancer(self, hosts: tuple[Host, ...], inherit: object) -> Balancer:
+        lb = self.policy.load_balancer
+        return make_balancer(lb.kind, hosts, policy=lb, clock=monotonic, inherit=inherit)
 
     @classmethod
     def from_cluster(
-        cls, cluster: Cluster, registry: HostRegistry, lb_kind: str = "LEAST_REQUEST"
+        cls, cluster: Cluster, registry: HostRegistry, previous: ClusterRuntime | None = None
     ) -> ClusterRuntime:
         hosts = tuple(registry.host_for(e) for e in cluster.endpoints if e.healthy)
-        return cls(cluster.name, cluster.namespace, hosts, lb_kind)
+        return cls(cluster.name, cluster.namespace, hosts, cluster.policy, previous)
 
-    def pick(self, avoid: tuple[Host, ...] = ()) -> Host | None:
-        host = self.balancer.pick(avoid)
+    def pick(self, avoid: tuple[Host, ...] = (), key: bytes | None = None) -> Host | None:
+        detector = self.detector
+        if detector is not None:
+            healthy = detector.healthy(self.hosts, monotonic())
+            if healthy is not self._healthy:
+                # Ejections changed: balance over the healthy hosts, or over all of them
+                # when too few are healthy (panic mode: degraded beats down).
+                self._healthy = healthy
+                chosen, self.panic = panic_hosts(self.hosts, healthy, self.policy.panic_threshold_percent)
+                self.balancer = self._balancer(tuple(chosen), self.balancer)
+        host = self.balancer.pick(avoid, key)
         return host  # type: ignore[return-value]
 
+    def stats(self) -> dict[str, Any]:
+        now = monotonic()
+        return {
+            "breaker": self.breaker.stats(),
+            "retry_budget": {"balance": self.budget.balance, "refused": self.budget.refused},
+            "outlier": self.detector.stats(now) if self.detector is not None else None,
+            "panic": self.panic,
+        }
 
-ConnectCallback = Callable[[UpstreamConnection | None, BaseException | None], None]
+
