@@ -25,10 +25,12 @@ class AdminServer:
         ready: Callable[[], bool],
         stats: Callable[[], dict[str, Any]],
         config_dump: Callable[[], dict[str, Any]],
+        prometheus: Callable[[], bytes] | None = None,
     ) -> None:
         self._ready = ready
         self._stats = stats
         self._config_dump = config_dump
+        self._prometheus = prometheus
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -63,10 +65,12 @@ class AdminServer:
             if "format=json" in query:
                 return 200, "application/json", _json(stats)
             return 200, "text/plain", _stats_text(stats)
+        if path == "/stats/prometheus" and self._prometheus is not None:
+            return 200, "text/plain; version=0.0.4; charset=utf-8", self._prometheus()
         if path == "/clusters":
             return 200, "application/json", _json(self._stats()["hosts"])
         if path == "/":
-            return 200, "text/plain", b"/ready\n/config_dump\n/stats\n/stats?format=json\n/clusters\n"
+            return 200, "text/plain", b"/ready\n/config_dump\n/stats\n/stats?format=json\n/stats/prometheus\n/clusters\n"
         return 404, "text/plain", b"not found\n"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,9 @@ from plait.proxy.agent import ControlAgent, load_cached_snapshot
 from plait.proxy.certificates import CertificateManager
 from plait.proxy.filters.audit import AuditLog
 from plait.proxy.filters.jwt_authn import JwksCache
+from plait.proxy.filters.metrics import ListenerMetrics
+from plait.telemetry.exposition import render
+from plait.telemetry.metrics import ProxyMetrics
 from plait.proxy.health import AppHealthCheck
 from plait.proxy.listener import GATEWAY, INBOUND, OUTBOUND, ListenerContext, ProxySettings
 from plait.proxy.runtime import ConfigHolder
@@ -77,6 +81,13 @@ class Proxy:
         # mTLS is on when the proxy has a trust anchor (and so gets a workload certificate).
         self.certs = CertificateManager(options.state_dir) if options.ca_bundle is not None else None
         self.acceptors: list[DetectingAcceptor] = []
+        self.metrics = ProxyMetrics()
+        self.metrics.config_version.set_function(_version_number(self.config))
+        if self.certs is not None:
+            certs = self.certs
+            self.metrics.certificate_expiry.set_function(
+                lambda: certs.identity.not_after.timestamp() - time.time() if certs.identity else 0.0
+            )
         self.access_log = (
             None if options.access_log == "off" else AccessLog(options.access_log, options.access_log_sample)
         )
@@ -116,8 +127,9 @@ class Proxy:
         for kind, address in wanted:
             if address is None:
                 continue
+            recorder = ListenerMetrics(self.metrics, kind, self.options.snapshot.node, self.certs)
             ctx = ListenerContext(
-                kind, self.options.settings, self.config, self.access_log, self.spawn, self.certs
+                kind, self.options.settings, self.config, self.access_log, self.spawn, self.certs, recorder
             )
             self.contexts[kind] = ctx
             if kind == INBOUND and self.certs is not None:
@@ -141,7 +153,9 @@ class Proxy:
             self.servers.append(server)
             self.addresses[kind] = server.sockets[0].getsockname()[:2]
         if self.options.admin is not None:
-            admin = AdminServer(lambda: self.ready, self.stats, self.config_dump)
+            admin = AdminServer(
+                lambda: self.ready, self.stats, self.config_dump, lambda: render(self.metrics.registry)
+            )
             server = await asyncio.start_server(admin.handle, *self.options.admin)
             self.servers.append(server)
             self.addresses["admin"] = server.sockets[0].getsockname()[:2]
@@ -293,3 +307,13 @@ async def serve(options: ProxyOptions, on_ready: Any = None) -> None:
         await proxy.drain()
     finally:
         await proxy.aclose()
+
+
+def _version_number(config: ConfigHolder) -> Any:
+    """`plait_config_version` as a number: the pushed version, or 0 for a static file."""
+
+    def value() -> float:
+        version = config.current.snapshot.version
+        return float(version) if version.isdigit() else 0.0
+
+    return value

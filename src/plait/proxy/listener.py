@@ -23,6 +23,7 @@ from plait.proto.h1 import HOP_BY_HOP
 from plait.proxy.certificates import CertificateManager
 from plait.proxy.downstream import DownstreamConnection
 from plait.proxy.filters.inbound_policy import InboundPolicy
+from plait.proxy.filters.metrics import ListenerMetrics
 from plait.proxy.routing import Decision
 from plait.proxy.runtime import APP_CLUSTER, ConfigHolder, Runtime
 from plait.proxy.upstream import ClusterRuntime, Host
@@ -72,9 +73,11 @@ class ListenerContext:
         access_log: AccessLog | None,
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         certs: CertificateManager | None = None,
+        metrics: ListenerMetrics | None = None,
     ) -> None:
         self.kind = kind
         self.certs = certs
+        self.metrics = metrics
         self.drop_headers = DROP_HEADERS
         self.tls_counters: dict[str, int] = {}
         self.settings = settings
@@ -148,9 +151,11 @@ class ListenerContext:
     # accounting ----------------------------------------------------------------------
     def record(self, stream: Stream) -> None:
         self.stats.record_status(stream.status, stream.flags)
+        now = monotonic()
+        if self.metrics is not None:
+            self.metrics.record(stream, (now - stream.started) * 1000)
         log = self.access_log
         if log is not None and log.wants(stream.status, stream.flags):
-            now = monotonic()
             wall = time.time()
             head = stream.head
             host = stream.host
