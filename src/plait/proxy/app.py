@@ -28,6 +28,7 @@ from plait.proxy.filters.jwt_authn import JwksCache
 from plait.proxy.filters.metrics import ListenerMetrics
 from plait.telemetry.exposition import render
 from plait.telemetry.metrics import ProxyMetrics
+from plait.telemetry.tracing import Tracer
 from plait.proxy.health import AppHealthCheck
 from plait.proxy.listener import GATEWAY, INBOUND, OUTBOUND, ListenerContext, ProxySettings
 from plait.proxy.runtime import ConfigHolder
@@ -68,6 +69,9 @@ class ProxyOptions:
     join_token: str | None = None
     trust_domain: str = "cluster.local"
     audit_log: str = "-"
+    # Tracing: spans exported over OTLP/HTTP to this URL; 1 % of new traces (Istio's default).
+    tracing_endpoint: str | None = None
+    trace_sample: float = 0.01
 
 
 class Proxy:
@@ -82,6 +86,15 @@ class Proxy:
         self.certs = CertificateManager(options.state_dir) if options.ca_bundle is not None else None
         self.acceptors: list[DetectingAcceptor] = []
         self.metrics = ProxyMetrics()
+        self.exporter: Any = None
+        if options.tracing_endpoint:
+            from plait.telemetry.otlp import OtlpExporter  # ~10 MiB: only when tracing is on
+
+            node = options.snapshot.node
+            self.exporter = OtlpExporter(
+                options.tracing_endpoint, node.service or node.name, {"service.namespace": node.namespace}
+            )
+        self.tracer = Tracer(options.trace_sample, self.exporter.submit if self.exporter else None)
         self.metrics.config_version.set_function(_version_number(self.config))
         if self.certs is not None:
             certs = self.certs
@@ -129,7 +142,14 @@ class Proxy:
                 continue
             recorder = ListenerMetrics(self.metrics, kind, self.options.snapshot.node, self.certs)
             ctx = ListenerContext(
-                kind, self.options.settings, self.config, self.access_log, self.spawn, self.certs, recorder
+                kind,
+                self.options.settings,
+                self.config,
+                self.access_log,
+                self.spawn,
+                self.certs,
+                recorder,
+                self.tracer,
             )
             self.contexts[kind] = ctx
             if kind == INBOUND and self.certs is not None:
@@ -160,6 +180,8 @@ class Proxy:
             self.servers.append(server)
             self.addresses["admin"] = server.sockets[0].getsockname()[:2]
         self.spawn(self._tick())
+        if self.exporter is not None:
+            self.exporter.start()
         if self.options.app is not None:
             self.health = AppHealthCheck(self.options.app, self.options.app_health_path)
             self.spawn(self.health.run())
@@ -283,6 +305,8 @@ class Proxy:
             self.access_log.close()
         if self.audit is not None:
             self.audit.close()
+        if self.exporter is not None:
+            await asyncio.to_thread(self.exporter.close)
 
     async def __aenter__(self) -> Proxy:
         await self.start()

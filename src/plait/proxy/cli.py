@@ -73,6 +73,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain (default cluster.local)")
     p.add_argument("--audit-log", default="-", metavar="PATH",
                    help="authorization audit records (AUDIT matches, denials): '-' stdout, a path, 'off'")
+    p.add_argument("--tracing-endpoint", default=None, metavar="URL",
+                   help="export spans over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318)")
+    p.add_argument("--trace-sample", type=float, default=0.01, metavar="FRACTION",
+                   help="fraction of new traces sampled (default 0.01, Istio's)")
     p.add_argument("--app-health", default=None, metavar="PATH",
                    help="HTTP path to check the app's health (default: a TCP connect)")
     p.add_argument("--mode", choices=("sidecar", "gateway"), default="sidecar",
@@ -175,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
         join_token=args.join_token or os.environ.get("PLAIT_JOIN_TOKEN") or None,
         trust_domain=args.trust_domain,
         audit_log=args.audit_log,
+        tracing_endpoint=args.tracing_endpoint,
+        trace_sample=args.trace_sample,
     )
 
     def announce(proxy: Any) -> None:

@@ -41,6 +41,7 @@ from plait.proto.h1 import (
     response_head_bytes,
 )
 from plait.proxy.filters.path_normalize import InvalidPath, normalize_path
+from plait.telemetry.tracing import Span, extract, inject
 from plait.proxy.local_reply import local_reply_bytes
 from plait.proxy import batching
 from plait.proxy.upstream import WRITE_HIGH_WATER, Host, UpstreamConnection
@@ -298,6 +299,7 @@ class Stream:
         "finished",
         "connecting",
         "response_framing",
+        "span",
     )
 
     def __init__(self, down: DownstreamConnection, head: RequestHead) -> None:
@@ -332,6 +334,7 @@ class Stream:
         self.finished = False
         self.connecting = False
         self.response_framing = NO_BODY
+        self.span: Span | None = None
 
     # request side --------------------------------------------------------------------
     def start(self) -> None:
@@ -391,6 +394,13 @@ class Stream:
         elif head.framing == CHUNKED:
             forward.append((b"transfer-encoding", b"chunked"))
         ctx.add_request_headers(self, forward)
+        tracer = ctx.tracer
+        if tracer is not None:
+            # Continue the caller's trace (W3C or B3) or start one; pass ours on downstream.
+            self.span = span = tracer.start_span(
+                extract(head.headers), ctx.span_kind, self.authority, self.path, head.method
+            )
+            inject(forward, span)
         query = self.path.find(b"?")
         path = self.path if query < 0 else self.path[:query]
         policy = ctx.inbound_policy()

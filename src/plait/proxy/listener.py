@@ -24,6 +24,7 @@ from plait.proxy.certificates import CertificateManager
 from plait.proxy.downstream import DownstreamConnection
 from plait.proxy.filters.inbound_policy import InboundPolicy
 from plait.proxy.filters.metrics import ListenerMetrics
+from plait.telemetry.tracing import CLIENT, SERVER, Tracer
 from plait.proxy.routing import Decision
 from plait.proxy.runtime import APP_CLUSTER, ConfigHolder, Runtime
 from plait.proxy.upstream import ClusterRuntime, Host
@@ -74,8 +75,12 @@ class ListenerContext:
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         certs: CertificateManager | None = None,
         metrics: ListenerMetrics | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.kind = kind
+        self.tracer = tracer
+        # Envoy's span kinds: the server side's proxy records SERVER, the caller's CLIENT.
+        self.span_kind = SERVER if kind == INBOUND else CLIENT
         self.certs = certs
         self.metrics = metrics
         self.drop_headers = DROP_HEADERS
@@ -154,6 +159,17 @@ class ListenerContext:
         now = monotonic()
         if self.metrics is not None:
             self.metrics.record(stream, (now - stream.started) * 1000)
+        span = stream.span
+        if span is not None and self.tracer is not None:
+            cluster = stream.cluster
+            self.tracer.end_span(
+                span,
+                stream.status,
+                stream.flags,
+                stream.host.label if stream.host is not None else "",
+                f"{cluster.name}.{cluster.namespace}" if cluster is not None else "",
+                stream.down.peer_id,
+            )
         log = self.access_log
         if log is not None and log.wants(stream.status, stream.flags):
             wall = time.time()
