@@ -83,7 +83,7 @@ def _stats_text(stats: dict[str, Any]) -> bytes:
     for listener, counters in sorted(stats["listeners"].items()):
         for name, value in sorted(counters.items()):
             lines.append(f"listener.{listener}.{name}: {value}")
-    for host in stats["hosts"]:
+    for host in stats.get("hosts", []):
         for name, value in sorted(host.items()):
             if name != "address":
                 lines.append(f"host.{host['address']}.{name}: {value}")

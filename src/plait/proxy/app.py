@@ -233,6 +233,10 @@ class Proxy:
             cutoff = now - self.options.settings.upstream_idle_timeout
             for host in self.config.hosts:
                 host.close_idle_before(cutoff)
+            clock = time.monotonic()
+            for cluster in self.config.current.clusters.values():
+                if cluster.detector is not None:
+                    cluster.detector.sweep(clock)  # outlier detection's interval work
             if self.access_log is not None:
                 self.access_log.flush()
             if self.audit is not None:
@@ -247,6 +251,9 @@ class Proxy:
             },
             "policy": dict(policy.counters) if policy is not None else {},
             "hosts": [h.stats() for h in self.config.hosts],
+            "clusters": {
+                f"{c.name}.{c.namespace}": c.stats() for c in self.config.current.clusters.values()
+            },
             "config_version": self.config.current.snapshot.version,
         }
 

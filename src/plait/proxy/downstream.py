@@ -44,6 +44,7 @@ from plait.proxy.filters.path_normalize import InvalidPath, normalize_path
 from plait.telemetry.tracing import Span, extract, inject
 from plait.proxy.local_reply import local_reply_bytes
 from plait.proxy import batching
+from plait.proxy.resilience import CircuitBreaker
 from plait.proxy.upstream import WRITE_HIGH_WATER, Host, UpstreamConnection
 
 if TYPE_CHECKING:
@@ -62,6 +63,17 @@ PAUSE_CONNECTING = 4  # body bytes wait for an upstream connection
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 # Connect failures are retried on another host this many times (never a 5xx: see issue 4).
 CONNECT_RETRIES = 2
+
+
+OVERLOADED = b"x-plait-overloaded: true\r\n"
+
+
+def _pending(breaker: CircuitBreaker) -> bool:
+    """Take a pending-request slot, giving back the connection slot if there is none."""
+    if breaker.try_acquire_pending():
+        return True
+    breaker.release_connection()
+    return False
 
 
 def _request_id() -> bytes:
@@ -300,6 +312,8 @@ class Stream:
         "connecting",
         "response_framing",
         "span",
+        "try_started",
+        "breaker_held",
     )
 
     def __init__(self, down: DownstreamConnection, head: RequestHead) -> None:
@@ -335,6 +349,8 @@ class Stream:
         self.connecting = False
         self.response_framing = NO_BODY
         self.span: Span | None = None
+        self.try_started = 0.0  # when the current attempt was sent (balancer latency)
+        self.breaker_held = False  # holds one of the cluster's max_requests slots
 
     # request side --------------------------------------------------------------------
     def start(self) -> None:
@@ -430,6 +446,11 @@ class Stream:
             self.local_reply(503, "UH")
             return
         self.cluster = cluster
+        cluster.budget.deposit()  # every request earns retry budget (Linkerd's semantics)
+        if not cluster.breaker.try_acquire_request():
+            self.local_reply(503, "UO", extra=OVERLOADED)
+            return
+        self.breaker_held = True
         self.up_head = request_head_bytes(head.method, self.path, forward)
         if timeout_ms:
             self.timer = ctx.loop.call_later(timeout_ms / 1000, self.on_timeout)
@@ -443,11 +464,19 @@ class Stream:
         if host is None:
             self.local_reply(503, "UH")
             return
+        conn = None if fresh else host.take_idle()
+        breaker = cluster.breaker
+        if conn is None and not (breaker.try_acquire_connection() and _pending(breaker)):
+            # A new connection would pass maxConnections / http1MaxPendingRequests: refuse
+            # at once rather than queue (Envoy's circuit breaking).
+            self.local_reply(503, "UO", extra=OVERLOADED)
+            return
         self.host = host
         self.tried += (host,)
         host.active += 1
         host.rq_total += 1
-        conn = None if fresh else host.take_idle()
+        cluster.balancer.on_start(host)
+        self.try_started = monotonic()
         if conn is not None:
             self.attach(conn)
             return
@@ -459,9 +488,18 @@ class Stream:
 
     async def connect(self, host: Host) -> None:
         ctx = self.down.ctx
+        cluster = self.cluster
+        assert cluster is not None
+        breaker = cluster.breaker
         try:
             conn = await host.open_connection(ctx.settings.connect_timeout, ctx.upstream_tls(host))
         except (OSError, TimeoutError):
+            breaker.release_pending()
+            breaker.release_connection()
+            now = monotonic()
+            cluster.balancer.on_finish(host, None, now)
+            if cluster.detector is not None:
+                cluster.detector.record(host, None, None, now)  # a gateway error (connect)
             self.connecting = False
             host.active -= 1
             self.host = None
@@ -474,9 +512,12 @@ class Stream:
             else:
                 self.local_reply(503, "UF")
             return
+        breaker.release_pending()
+        conn.breaker = breaker  # its connection slot is released when it closes
         self.connecting = False
         if self.finished:
             host.active -= 1
+            cluster.balancer.on_finish(host, None, monotonic())
             host.put_idle(conn, ctx.loop.time())
             return
         self.attach(conn)
@@ -546,6 +587,14 @@ class Stream:
                 down.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return  # interim responses: wait for the final one
         self.status = status
+        cluster, host = self.cluster, self.host
+        if cluster is not None and host is not None:
+            now = monotonic()
+            latency = now - self.try_started
+            cluster.balancer.on_finish(host, latency, now)
+            self.try_started = 0.0
+            if cluster.detector is not None:
+                cluster.detector.record(host, status, latency, now)
         self.response_started = True
         self.up_keep_alive = head.keep_alive
         headers: Headers = []
@@ -682,7 +731,7 @@ class Stream:
     def upstream_buffer_drained(self) -> None:
         self.down.resume_reading(PAUSE_UPSTREAM)
 
-    def local_reply(self, status: int, flags: str, detail: bytes | None = None) -> None:
+    def local_reply(self, status: int, flags: str, detail: bytes | None = None, extra: bytes = b"") -> None:
         """Answer the request ourselves. Before the request is read whole we close after."""
         conn = self.upstream
         self.upstream = None
@@ -695,7 +744,7 @@ class Stream:
         close = not self.request_complete or not self.down_keep_alive or self.down.ctx.draining
         if close:
             self.down_keep_alive = False
-        body = local_reply_bytes(status, flags, detail, close=close)
+        body = local_reply_bytes(status, flags, detail, close=close, extra=extra)
         self.bytes_sent = 0
         self.down.write(body)
         self.done()
@@ -709,8 +758,14 @@ class Stream:
             self.timer.cancel()
             self.timer = None
         host = self.host
+        cluster = self.cluster
         if host is not None and not self.connecting:
             host.active -= 1
+            if self.try_started and cluster is not None:
+                cluster.balancer.on_finish(host, None, monotonic())  # the try never answered
+        if self.breaker_held and cluster is not None:
+            cluster.breaker.release_request()
+            self.breaker_held = False
         conn = self.upstream
         if conn is not None:
             self.upstream = None

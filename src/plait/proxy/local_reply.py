@@ -7,6 +7,7 @@ A user who sees a 503 can tell why from `x-plait-response-flags` (and the access
     UF  upstream connection failure                  503
     UC  upstream closed before the response ended    503
     UT  upstream request timeout                     504
+    UO  circuit breaker overflow (no queueing)       503, with x-plait-overloaded: true
     DC  downstream closed before the response ended  (no reply: nobody to send it to)
     DPE downstream protocol error (bad request, 408, 431)
 """
@@ -26,6 +27,7 @@ FLAG_STATUS = {
     "UF": 503,
     "UC": 503,
     "UT": 504,
+    "UO": 503,
     "DPE": 400,
 }
 
@@ -35,10 +37,13 @@ _DETAILS = {
     "UF": b"upstream connect error or disconnect/reset before headers. reset reason: connection failure",
     "UC": b"upstream connect error or disconnect/reset before headers. reset reason: connection termination",
     "UT": b"upstream request timeout",
+    "UO": b"upstream overflow: circuit breaker open",
 }
 
 
-def local_reply_bytes(status: int, flags: str, detail: bytes | None = None, *, close: bool = False) -> bytes:
+def local_reply_bytes(
+    status: int, flags: str, detail: bytes | None = None, *, close: bool = False, extra: bytes = b""
+) -> bytes:
     """A complete HTTP/1.1 response for a local reply, with a plain-text body."""
     body = (detail if detail is not None else _DETAILS.get(flags, reason_phrase(status))) + b"\n"
     head = [
@@ -50,5 +55,7 @@ def local_reply_bytes(status: int, flags: str, detail: bytes | None = None, *, c
         head.append(b"%b: %b\r\n" % (FLAG_HEADER, flags.encode()))
     if close:
         head.append(b"connection: close\r\n")
+    if extra:
+        head.append(extra)  # complete header lines, e.g. b"x-plait-overloaded: true\r\n"
     head.append(b"\r\n")
     return b"".join(head) + body

@@ -56,6 +56,7 @@ class UpstreamConnection(batching.BatchedWriter, asyncio.Protocol):
         "reading_paused",
         "got_bytes",
         "out",
+        "breaker",
     )
 
     def __init__(self, host: Host) -> None:
@@ -69,6 +70,7 @@ class UpstreamConnection(batching.BatchedWriter, asyncio.Protocol):
         self.reading_paused = False
         self.got_bytes = False
         self.out: list[bytes] = []  # writes batched during one socket event (see batching)
+        self.breaker: CircuitBreaker | None = None  # whose maxConnections slot it holds
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -110,6 +112,9 @@ class UpstreamConnection(batching.BatchedWriter, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        breaker, self.breaker = self.breaker, None
+        if breaker is not None:
+            breaker.release_connection()
         stream = self.stream
         if stream is not None:
             self.stream = None

@@ -1,0 +1,104 @@
+"""Circuit breaking and outlier ejection through a real proxy (policy pinned in a snapshot)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+
+class Failing:
+    """An upstream that answers 500 to everything and counts what it got."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+                outer.count += 1
+                self.send_response(500)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def snapshot(endpoints: list[int], policy: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "clusters": [
+            {
+                "name": "web",
+                "ports": [9080],
+                "endpoints": [{"address": "127.0.0.1", "port": p} for p in endpoints],
+                "policy": policy,
+            }
+        ]
+    }
+
+
+@pytest.mark.timeout(30)
+def test_breaker_overflow_is_immediate_503_uo(proxies: Any, upstreams: Any) -> None:
+    app = upstreams.start("web")
+    proxy = proxies.start(snapshot([app.port], {"connection_pool": {"max_requests": 1}}))
+    url = proxy.url() + "/delay?s=1.5"
+    slow: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: slow.update(r=httpx.get(url, headers={"host": "web"}, timeout=10))
+    )
+    thread.start()
+    app.wait_for_request("/delay?s=1.5")
+    started = time.monotonic()
+    r = httpx.get(proxy.url() + "/x", headers={"host": "web"}, timeout=10)
+    elapsed = time.monotonic() - started
+    thread.join()
+    assert r.status_code == 503
+    assert r.headers["x-plait-response-flags"] == "UO"
+    assert r.headers["x-plait-overloaded"] == "true"
+    assert elapsed < 1.0  # refused at once, not queued behind the slow request
+    assert slow["r"].status_code == 200
+
+
+@pytest.mark.timeout(40)
+def test_5xx_endpoint_is_ejected_and_returns_after_its_ejection_time(proxies: Any, upstreams: Any) -> None:
+    good = upstreams.start("good")
+    bad = Failing()
+    try:
+        policy = {
+            "outlier": {
+                "consecutive_5xx": 3,
+                "interval_ms": 300,
+                "base_ejection_ms": 2000,
+                "max_ejection_percent": 50,
+            }
+        }
+        proxy = proxies.start(snapshot([good.port, bad.port], policy))
+        with httpx.Client(base_url=proxy.url(), headers={"host": "web"}, timeout=5) as c:
+            statuses = [c.get("/x").status_code for _ in range(40)]
+            # Ejected after 3 consecutive 5xx: the bad host got few of the 40 requests.
+            assert bad.count <= 6, (bad.count, statuses)
+            assert statuses[-10:] == [200] * 10
+            seen = bad.count
+            stats = c.get(proxy.url("admin") + "/stats?format=json").json()
+            outlier = stats["clusters"]["web.default"]["outlier"]
+            assert outlier is not None
+            time.sleep(2.8)  # the ejection (2 s) expires at the next sweep
+            for _ in range(20):
+                c.get("/x")
+            assert bad.count > seen  # back in rotation
+    finally:
+        bad.close()
