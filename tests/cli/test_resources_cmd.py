@@ -321,6 +321,8 @@ def test_status_table_tolerates_missing_keys_and_json_has_everything(plait: Any)
         "VERSION ACKED",
         "BEHIND",
         "STATE",
+        "CERT SERIAL",
+        "CERT EXPIRES",
         "LAST NACK",
     ]
     assert [line.split()[:6] for line in table[1:]] == [

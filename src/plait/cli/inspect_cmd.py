@@ -15,7 +15,17 @@ __all__ = ["add_analyze_arguments", "add_status_arguments", "run_analyze", "run_
 # --- status ------------------------------------------------------------------------------
 
 
-STATUS_COLUMNS = ("PROXY", "SERVICE", "NAMESPACE", "VERSION ACKED", "BEHIND", "STATE", "LAST NACK")
+STATUS_COLUMNS = (
+    "PROXY",
+    "SERVICE",
+    "NAMESPACE",
+    "VERSION ACKED",
+    "BEHIND",
+    "STATE",
+    "CERT SERIAL",
+    "CERT EXPIRES",
+    "LAST NACK",
+)
 
 
 def add_status_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,6 +65,7 @@ def _status_row(proxy: dict[str, Any]) -> list[str]:
     else:
         state = "-"
     nack = " ".join(cell("last_nack").split())  # one line, whatever the error's shape
+    certificate = proxy.get("certificate") or {}
     return [
         cell("name"),
         cell("service"),
@@ -62,6 +73,8 @@ def _status_row(proxy: dict[str, Any]) -> list[str]:
         cell("acked_version"),
         cell("behind"),
         state,
+        str(certificate.get("serial") or "-")[:16],
+        str(certificate.get("not_after") or "-")[:19],
         nack,
     ]
 
