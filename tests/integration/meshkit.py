@@ -3,6 +3,7 @@ tiny real apps, all subprocesses on loopback, all stopped by `Mesh.close()`."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -24,7 +25,8 @@ class H(BaseHTTPRequestHandler):
     wbufsize = 65536  # one send per response: no Nagle/delayed-ACK stall between head and body
     def log_message(self, *a): pass
     def do_GET(self):
-        body = json.dumps({"name": NAME, "path": self.path}).encode()
+        headers = [[k.lower(), v] for k, v in self.headers.items()]
+        body = json.dumps({"name": NAME, "path": self.path, "headers": headers}).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
@@ -64,6 +66,44 @@ def http_json(
         return json.loads(response.read())
 
 
+class Reply:
+    """An HTTP response as `send_request` read it."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers  # lower-case names
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def __repr__(self) -> str:
+        flags = self.headers.get("x-plait-response-flags")
+        return f"Reply({self.status}, {flags!r}, {self.body[:200]!r})"
+
+
+def send_request(
+    port: int,
+    target: str,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    timeout: float = 5,
+) -> Reply:
+    """One HTTP/1.1 request to 127.0.0.1:port with the target sent exactly as given (no
+    normalization of `//admin` or `/./admin`, as httpx and urllib would do)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+        for name, value in {"host": "localhost", **(headers or {})}.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        response = conn.getresponse()
+        body = response.read()
+        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
+    finally:
+        conn.close()
+
+
 class Proc:
     def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.argv = argv
@@ -96,11 +136,15 @@ class Proc:
 class Mesh:
     """A control plane and the proxies and apps a test adds to it."""
 
-    def __init__(self, tmp: Path, grace: float = 3.0) -> None:
+    def __init__(
+        self, tmp: Path, grace: float = 3.0, control_args: list[str] | None = None
+    ) -> None:
         self.tmp = tmp
         self.api_port = free_port()
         self.push_port = free_port()
         self.grace = grace
+        # Extra `plait control` flags, e.g. ["--cert-ttl", "6"] for short-lived certificates.
+        self.control_args = list(control_args or [])
         self.procs: list[Proc] = []
         self.control = self._control()
         wait_until(self._control_ready, 15, "the control plane")
@@ -117,6 +161,7 @@ class Mesh:
                 f"--api=127.0.0.1:{self.api_port}",
                 f"--push=127.0.0.1:{self.push_port}",
                 f"--grace={self.grace}",
+                *self.control_args,
             ],
             self.tmp / "control.log",
         )
@@ -147,6 +192,15 @@ class Mesh:
         )
         return result
 
+    def delete(self, kind: str, name: str, namespace: str = "default") -> None:
+        req = urllib.request.Request(
+            f"{self.api}/api/v1/resources/{kind}/{namespace}/{name}",
+            method="DELETE",
+            headers={"Authorization": f"Bearer {self.token}"},
+        )
+        with urllib.request.urlopen(req, timeout=5):
+            pass
+
     def proxies(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = http_json(f"{self.api}/api/v1/proxies")
         return result
@@ -176,11 +230,14 @@ class Mesh:
     def bundle(self) -> Path:
         return self.tmp / "control" / "trust-bundle.pem"
 
-    def join_token(self, service: str, namespace: str = "default") -> str:
+    def join_token(self, service: str, namespace: str = "default", ttl: int | None = None) -> str:
+        request: dict[str, Any] = {"service": service, "namespace": namespace}
+        if ttl is not None:
+            request["ttlSeconds"] = ttl
         reply = http_json(
             f"{self.api}/api/v1/tokens",
             "POST",
-            json.dumps({"service": service, "namespace": namespace}).encode(),
+            json.dumps(request).encode(),
             {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
         )
         return str(reply["token"])
@@ -192,7 +249,12 @@ class Mesh:
         labels: str = "",
         app_port: int | None = None,
         extra: list[str] | None = None,
+        token: str | None = None,
+        wait: bool = True,
+        namespace: str = "default",
     ) -> tuple[Proc, dict[str, int]]:
+        """A proxy for `service`, with a fresh join token unless `token` is given; waits until
+        it is ready unless `wait` is False."""
         ports = {k: free_port() for k in ("outbound", "inbound", "admin")}
         argv = [
             sys.executable,
@@ -210,15 +272,27 @@ class Mesh:
             "--access-log=off",
             f"--service={service}",
         ]
+        if namespace != "default":
+            argv.append(f"--namespace={namespace}")
         if labels:
             argv.append(f"--labels={labels}")
         if app_port is not None:
             argv.append(f"--app=127.0.0.1:{app_port}")
         argv += extra or []
-        proc = Proc(argv, self.tmp / f"{name}.proxy.log", {"PLAIT_JOIN_TOKEN": self.join_token(service)})
+        join = self.join_token(service, namespace) if token is None else token
+        proc = Proc(argv, self.tmp / f"{name}.proxy.log", {"PLAIT_JOIN_TOKEN": join})
         self.procs.append(proc)
-        wait_until(lambda: _ready(ports["admin"]), 15, f"proxy {name} ready")
+        if wait:
+            wait_until(lambda: _ready(ports["admin"]), 15, f"proxy {name} ready")
         return proc, ports
+
+    def is_ready(self, ports: dict[str, int]) -> bool:
+        """Whether the proxy with these ports answers 200 on its admin `/ready`."""
+        return _ready(ports["admin"])
+
+    def admin(self, ports: dict[str, int], path: str) -> Any:
+        """A proxy's admin JSON: `/config_dump`, `/stats?format=json`, `/clusters`."""
+        return http_json(f"http://127.0.0.1:{ports['admin']}{path}")
 
     def close(self) -> None:
         for proc in reversed(self.procs):

@@ -95,12 +95,13 @@ class DetectingAcceptor:
         context = self.tls() if is_tls and mode != DISABLE else None
         if mode == STRICT and context is None:
             # Plaintext (or no certificate yet) on a STRICT port: refused, as Istio does.
-            self.counters["plaintext_refused"] = self.counters.get("plaintext_refused", 0) + 1
+            self._refused("plaintext_refused", "plaintext connection refused (mTLS mode STRICT)", _peer(conn))
             conn.close()
             return
         self.spawn(self._hand_over(conn, context))
 
     async def _hand_over(self, conn: socket.socket, context: ssl.SSLContext | None) -> None:
+        peer = _peer(conn)
         try:
             if context is None:
                 await self.loop.connect_accepted_socket(self.factory, conn)
@@ -110,9 +111,16 @@ class DetectingAcceptor:
                 )
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             reason = _handshake_reason(exc)
-            self.counters[f"handshake_failed.{reason}"] = self.counters.get(f"handshake_failed.{reason}", 0) + 1
-            log.info("TLS handshake refused (%s): %s", reason, exc)
+            detail = str(exc) or type(exc).__name__
+            self._refused(f"handshake_failed.{reason}", f"TLS handshake refused ({reason}): {detail}", peer)
             conn.close()
+
+    def _refused(self, counter: str, message: str, peer: str) -> None:
+        """Count a refused connection; log the 1st, 2nd, 4th, 8th... of each kind, so a flood
+        of them (a port scan) cannot flood the log, yet every kind of refusal is seen."""
+        count = self.counters[counter] = self.counters.get(counter, 0) + 1
+        if count & (count - 1) == 0:
+            log.warning("inbound %s from %s (%s: %d so far)", message, peer, counter, count)
 
     def close(self) -> None:
         if self.sock.fileno() < 0:
@@ -124,6 +132,14 @@ class DetectingAcceptor:
             self.loop.remove_reader(fd)
             conn.close()
         self._waiting.clear()
+
+
+def _peer(conn: socket.socket) -> str:
+    try:
+        host, port = conn.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"{host}:{port}"
 
 
 def _handshake_reason(exc: BaseException) -> str:
@@ -138,4 +154,6 @@ def _handshake_reason(exc: BaseException) -> str:
         return "protocol_version"
     if isinstance(exc, TimeoutError):
         return "timeout"
+    if isinstance(exc, ConnectionError):
+        return "connection_reset"  # the client gave up (e.g. it refused our SPIFFE ID)
     return "other"

@@ -9,6 +9,7 @@ less per request than a timer per request.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from time import monotonic
 from collections.abc import Callable, Coroutine
@@ -41,6 +42,8 @@ XFCC = b"x-forwarded-client-cert"
 # Never forwarded as received: hop-by-hop fields, and a client-certificate header that only
 # the inbound proxy may set (a caller could forge it to impersonate another workload).
 DROP_HEADERS = HOP_BY_HOP | {XFCC}
+
+log = logging.getLogger("plait.proxy.listener")
 
 RouteResult = tuple[ClusterRuntime | None, str, int] | None
 
@@ -121,7 +124,9 @@ class ListenerContext:
             peer = verify_peer(ssl_object, None)
         except PeerVerificationError as exc:
             key = f"peer_refused.{exc.reason}"
-            self.tls_counters[key] = self.tls_counters.get(key, 0) + 1
+            count = self.tls_counters[key] = self.tls_counters.get(key, 0) + 1
+            if count & (count - 1) == 0:  # the 1st, 2nd, 4th...: bounded log volume
+                log.warning("%s caller refused: %s (%s: %d so far)", self.kind, exc, key, count)
             return None
         self.tls_counters["handshakes"] = self.tls_counters.get("handshakes", 0) + 1
         return peer
