@@ -138,10 +138,13 @@ class CaService:
         )
         return self._serving.context
 
-    def renew_serving(self, now: float | None = None) -> None:
+    def renew_serving(self, now: float | None = None, force: bool = False) -> None:
         """Re-issue our own certificate at half its lifetime (the push server calls this every
-        second), so proxies that connect later never meet an expired control plane."""
-        if self._serving is not None and (now or time.time()) >= self._serving_renew_at:
+        second), so proxies that connect later never meet an expired control plane; `force`
+        after a CA rotation step (new bundle to verify callers with, or a new signing root)."""
+        if self._serving is None:
+            return
+        if force or (now or time.time()) >= self._serving_renew_at:
             self._serving.update(self._serving_identity())
             log.info("renewed the push channel's certificate")
 

@@ -463,6 +463,7 @@ class PushServer:
             raise RuntimeError("this control plane has no CA")
         new_root = self.ca.ca.prepare_rotation()
         self.ca.publish_bundle()
+        self.ca.renew_serving(force=True)  # callers with new-root certificates must verify
         wanted = bundle_id(self.ca.bundle())
         self.broadcast_bundle()
         loop = asyncio.get_running_loop()
@@ -473,6 +474,7 @@ class PushServer:
                 raise TimeoutError(f"proxies did not confirm the new trust bundle: {', '.join(late)}")
             await asyncio.sleep(0.05)
         self.ca.ca.activate_rotation()
+        self.ca.renew_serving(force=True)  # our own certificate from the new root too
         renew = wire.encode({"type": "renew"})
         for conn in list(self.connections):
             conn.send(renew)

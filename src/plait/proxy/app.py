@@ -79,7 +79,12 @@ class Proxy:
 
     def __init__(self, options: ProxyOptions) -> None:
         self.options = options
-        self.audit = None if options.audit_log == "off" or options.app is None else AuditLog(options.audit_log)
+        node = options.snapshot.node
+        self.audit = (
+            None
+            if options.audit_log == "off" or options.app is None
+            else AuditLog(options.audit_log, destination=f"{node.name}.{node.namespace}")
+        )
         self.jwks = JwksCache()
         self.config = ConfigHolder(options.snapshot, options.app, self.audit, self.jwks.get)
         # mTLS is on when the proxy has a trust anchor (and so gets a workload certificate).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import socket
 import sys
@@ -119,6 +120,9 @@ def parse_labels(text: str) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Operational lines (certificates, control plane, refusals) to stderr with time and source;
+    # requests go to the access log, not here.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.config is None and args.control is None:
         print("plait proxy: give --config FILE (static) or --control ADDR (dynamic)", file=sys.stderr)
         return 2
