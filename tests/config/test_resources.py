@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from plait.config.errors import ConfigError, ConfigErrors
+from plait.config.fault_resources import HTTPFault
+from plait.config.traffic_resources import PlaitTrafficPolicy
 from plait.config.resources import (
     RequestAuthentication,
     KINDS,
@@ -165,6 +167,22 @@ spec:
       jwksUri: https://issuer.example/jwks.json
       audiences: [bookinfo]
       fromHeaders: [{name: x-jwt, prefix: "Bearer "}]
+""",
+    PlaitTrafficPolicy: """\
+apiVersion: plait.dev/v1
+kind: TrafficPolicy
+metadata: {name: reviews}
+spec:
+  targetRef: {kind: Service, name: reviews}
+  retryBudget: {retryRatio: 0.2, minRetriesPerSecond: 10, ttl: 10s}
+  latencyBackoff: {factor: 3}
+""",
+    HTTPFault: """\
+apiVersion: plait.dev/v1
+kind: HTTPFault
+metadata: {name: ratings-delay}
+spec:
+  delay: {fixedDelay: 7s, percentage: {value: 100}}
 """,
 }
 

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from plait.config.errors import ConfigError
+from plait.config.fault_resources import HTTPFault
 from plait.config.mesh import load_mesh_file
-from plait.config.resources import Resource, parse_resources
+from plait.config.resources import Resource, parse_resource, parse_resources, validate
 from plait.config.snapshot import (
     BackendRef,
     Cluster,
+    Fault,
+    Filters,
     HeaderMatch,
+    HeaderModifier,
+    Mirror,
     Node,
     PathMatch,
+    PathModifier,
+    QueryParamMatch,
+    Redirect,
+    Rewrite,
     RouteMatch,
     Snapshot,
 )
+from plait.config.yamlio import load_documents
 from plait.control.compiler import CompileError, Instance, compile_snapshot
 
 BOOKINFO = Path(__file__).parents[2] / "examples" / "bookinfo" / "mesh.yaml"
@@ -65,10 +77,20 @@ spec:
 {rules}"""
 
 
+def _parse(text: str, filename: str = "r.yaml") -> list[Resource | HTTPFault]:
+    """Resources, HTTPFault included (until resources.KINDS registers it)."""
+    return [
+        validate(HTTPFault, doc, filename)
+        if doc.data.get("kind") == "HTTPFault"
+        else parse_resource(doc, filename)
+        for doc in load_documents(text, filename)
+    ]
+
+
 def _compile(*texts: str, instances: Sequence[Instance] = INSTANCES) -> Snapshot:
-    resources: list[Resource] = []
+    resources: list[Resource | HTTPFault] = []
     for text in texts:
-        resources += parse_resources(text, "r.yaml")
+        resources += _parse(text)
     snapshot = compile_snapshot(resources, instances, NODE, "7")
     assert Snapshot.from_dict(snapshot.to_dict()) == snapshot  # what a proxy will accept
     return snapshot
@@ -160,19 +182,24 @@ def test_one_route_per_parent_with_lowercased_hostnames() -> None:
 
 
 @pytest.mark.parametrize(
-    ("timeouts", "ms"),
+    ("timeouts", "request_ms", "backend_ms"),
     [
-        ("", 0),
-        ("timeouts: {request: 10s}", 10_000),
-        ("timeouts: {request: 0s}", 0),
-        ("timeouts: {request: 10s, backendRequest: 1500ms}", 1_500),
-        ("timeouts: {request: 0s, backendRequest: 2s}", 2_000),
+        ("", 0, 0),
+        ("timeouts: {request: 10s}", 10_000, 0),
+        ("timeouts: {request: 0s}", 0, 0),
+        ("timeouts: {request: 10s, backendRequest: 1500ms}", 10_000, 1_500),
+        ("timeouts: {request: 0s, backendRequest: 2s}", 0, 2_000),
     ],
 )
-def test_timeouts(timeouts: str, ms: int) -> None:
+def test_request_and_backend_timeouts_compile_separately(
+    timeouts: str, request_ms: int, backend_ms: int
+) -> None:
     rules = f"    - backendRefs: [{{name: reviews}}]\n      {timeouts}\n"
     (route,) = _compile(*SERVICES, _route(rules)).routes
-    assert route.rules[0].timeout_ms == ms
+    assert (route.rules[0].timeout_ms, route.rules[0].backend_timeout_ms) == (
+        request_ms,
+        backend_ms,
+    )
 
 
 def test_path_header_and_method_matches() -> None:
@@ -198,28 +225,197 @@ def test_path_header_and_method_matches() -> None:
     assert default.matches == (RouteMatch(path=PathMatch("PathPrefix", "/")),)
 
 
+def test_regex_and_query_matches_with_first_of_a_name_winning() -> None:
+    rules = """\
+    - matches:
+        - path: {type: RegularExpression, value: "/reviews/[0-9]+"}
+          headers:
+            - {type: RegularExpression, name: X-Canary, value: "on|yes"}
+            - {name: x-canary, value: ignored}
+          queryParams:
+            - {name: u, value: jason}
+            - {type: RegularExpression, name: id, value: "[0-9]+"}
+            - {name: u, value: ignored}
+      backendRefs: [{name: reviews-v2}]
+"""
+    (route,) = _compile(*SERVICES, _route(rules)).routes
+    (match,) = route.rules[0].matches
+    assert match == RouteMatch(
+        path=PathMatch("RegularExpression", "/reviews/[0-9]+"),
+        headers=(HeaderMatch("x-canary", "on|yes", "RegularExpression"),),
+        query_params=(
+            QueryParamMatch("u", "jason"),
+            QueryParamMatch("id", "[0-9]+", "RegularExpression"),
+        ),
+    )
+    assert match.path is not None and match.path.regex is not None  # compiled once, here
+
+
 @pytest.mark.parametrize(
     ("match", "message"),
     [
-        ("path: {type: RegularExpression, value: /r.*}", "matches[0].path: RegularExpression"),
-        ("headers: [{type: RegularExpression, name: a, value: b.*}]", "matches[0].headers[0]"),
-        ("queryParams: [{name: a, value: b}]", "matches[0].queryParams: query parameter"),
+        ("path: {type: RegularExpression, value: '/(a+)+'}", "matches[0].path: nested repeats"),
+        ("path: {type: RegularExpression, value: '/(['}", "matches[0].path: invalid regular"),
+        ("headers: [{type: RegularExpression, name: a, value: '(x*)*'}]", "matches[0].headers[0]"),
+        ("queryParams: [{type: RegularExpression, name: a, value: '(b|c+)*'}]", "queryParams[0]"),
+        (f"headers: [{{type: RegularExpression, name: a, value: '{'x' * 1025}'}}]", "longer than"),
     ],
 )
-def test_unsupported_matches_are_compile_errors(match: str, message: str) -> None:
+def test_dangerous_or_invalid_regexes_are_compile_errors(match: str, message: str) -> None:
     rules = f"    - matches: [{{{match}}}]\n      backendRefs: [{{name: reviews}}]\n"
     with pytest.raises(CompileError, match="HTTPRoute default/reviews: spec.rules") as info:
         _compile(*SERVICES, _route(rules))
     assert message in str(info.value)
 
 
-def test_filters_are_compile_errors_until_the_proxy_applies_them() -> None:
+def test_possessive_or_atomic_nesting_is_accepted() -> None:
     rules = """\
-    - filters: [{type: RequestHeaderModifier, requestHeaderModifier: {remove: [x]}}]
+    - matches:
+        - path: {type: RegularExpression, value: "(/[a-z]++)*"}
+        - path: {type: RegularExpression, value: "(?>/[a-z]+)*/x"}
+        - path: {type: RegularExpression, value: "(\\\\d{1,3}\\\\.){3}\\\\d{1,3}"}
       backendRefs: [{name: reviews}]
 """
-    with pytest.raises(CompileError, match="spec.rules\\[0\\]: filters are not supported"):
-        _compile(*SERVICES, _route(rules))
+    (route,) = _compile(*SERVICES, _route(rules)).routes
+    assert len(route.rules[0].matches) == 3
+
+
+def test_header_redirect_and_rewrite_filters_compile() -> None:
+    rules = """\
+    - matches: [{path: {value: /old}}]
+      filters:
+        - type: RequestHeaderModifier
+          requestHeaderModifier:
+            set: [{name: X-Route, value: canary}]
+            add: [{name: X-Extra, value: "1"}]
+            remove: [X-Drop]
+        - {type: ResponseHeaderModifier, responseHeaderModifier: {remove: [Server]}}
+        - type: RequestRedirect
+          requestRedirect:
+            scheme: https
+            hostname: Shop.Example.com
+            path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}
+            statusCode: 301
+    - backendRefs:
+        - name: reviews-v1
+          filters:
+            - type: URLRewrite
+              urlRewrite: {hostname: reviews.internal, path: {type: ReplaceFullPath, replaceFullPath: /}}
+"""
+    (route,) = _compile(*SERVICES, _route(rules)).routes
+    redirect, rewrite = route.rules
+    assert redirect.filters == Filters(
+        request_headers=HeaderModifier(
+            set=(("x-route", "canary"),), add=(("x-extra", "1"),), remove=("x-drop",)
+        ),
+        response_headers=HeaderModifier(remove=("server",)),
+        redirect=Redirect(
+            "https", "shop.example.com", None, PathModifier("ReplacePrefixMatch", "/new"), 301
+        ),
+    )
+    assert rewrite.backends[0].filters == Filters(
+        rewrite=Rewrite("reviews.internal", PathModifier("ReplaceFullPath", "/"))
+    )
+
+
+def test_mirrors_repeat_with_percent_or_fraction() -> None:
+    rules = """\
+    - filters:
+        - {type: RequestMirror, requestMirror: {backendRef: {name: reviews-v2, port: 9080}}}
+        - {type: RequestMirror, requestMirror: {backendRef: {name: ratings}, percent: 10}}
+        - type: RequestMirror
+          requestMirror: {backendRef: {name: reviews-v1}, fraction: {numerator: 1, denominator: 3}}
+      backendRefs: [{name: reviews}]
+"""
+    (route,) = _compile(*SERVICES, _route(rules)).routes
+    assert route.rules[0].filters.mirrors == (
+        Mirror("reviews-v2", "default", 9080, 100, 100),
+        Mirror("ratings", "default", None, 10, 100),
+        Mirror("reviews-v1", "default", None, 1, 3),
+    )
+
+
+FAULT = """\
+apiVersion: plait.dev/v1
+kind: HTTPFault
+metadata: {name: slow}
+spec:
+  delay: {fixedDelay: 7s, percentage: {value: 100}}
+  abort: {grpcStatus: UNAVAILABLE, percentage: {value: 12.5}}
+"""
+
+
+def test_extension_ref_resolves_an_http_fault() -> None:
+    rules = """\
+    - filters: [{type: ExtensionRef, extensionRef: {group: plait.dev, kind: HTTPFault, name: slow}}]
+      backendRefs: [{name: reviews}]
+"""
+    (route,) = _compile(*SERVICES, FAULT, _route(rules)).routes
+    assert route.rules[0].filters.fault == Fault(
+        delay_ms=7_000, delay_percent=100.0, abort_grpc_status=14, abort_percent=12.5
+    )
+
+
+@pytest.mark.parametrize(
+    ("ref", "message"),
+    [
+        ("{group: plait.dev, kind: HTTPFault, name: nowhere}", "no HTTPFault default/nowhere"),
+        ("{group: example.com, kind: Auth, name: slow}", "unsupported example.com/Auth"),
+    ],
+)
+def test_dangling_or_foreign_extension_ref_is_a_compile_error(ref: str, message: str) -> None:
+    rules = f"    - filters: [{{type: ExtensionRef, extensionRef: {ref}}}]\n"
+    with pytest.raises(
+        CompileError, match="spec.rules\\[0\\].filters\\[0\\]: extensionRef"
+    ) as info:
+        _compile(*SERVICES, FAULT, _route(rules))
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        (
+            "- filters: [{type: RequestMirror, requestMirror: {backendRef: {name: gone}}}]",
+            "filters[0]: requestMirror.backendRef: no Service default/gone",
+        ),
+        (
+            "- filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {remove: [a]}},"
+            " {type: ResponseHeaderModifier, responseHeaderModifier: {remove: [b]}}]",
+            "filters[1]: a second ResponseHeaderModifier",
+        ),
+        (
+            "- filters: [{type: RequestHeaderModifier, requestHeaderModifier:"
+            " {set: [{name: X-A, value: '1'}], remove: [x-a]}}]",
+            "filters[0]: each header name may appear in one action only",
+        ),
+        (
+            "- filters: [{type: RequestHeaderModifier, requestHeaderModifier:"
+            " {set: [{name: Content-Length, value: '0'}]}}]",
+            "'content-length' cannot be modified",
+        ),
+        (
+            "- filters: [{type: RequestHeaderModifier, requestHeaderModifier:"
+            ' {add: [{name: x-a, value: "a\\r\\nx: b"}]}}]',
+            "control character",
+        ),
+        (
+            "- backendRefs: [{name: reviews, filters: [{type: RequestRedirect,"
+            " requestRedirect: {hostname: a}}]}]",
+            "backendRefs[0].filters: a RequestRedirect belongs on the rule",
+        ),
+        (
+            "- matches: [{path: {type: Exact, value: /a}}]\n"
+            "      filters: [{type: URLRewrite, urlRewrite:"
+            " {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]",
+            "spec.rules[0]: ReplacePrefixMatch needs every match of the rule to be a PathPrefix",
+        ),
+    ],
+)
+def test_filters_the_proxy_could_not_apply_are_compile_errors(rule: str, message: str) -> None:
+    with pytest.raises(CompileError, match="HTTPRoute default/reviews: spec.rules") as info:
+        _compile(*SERVICES, _route(f"    {rule}\n"))
+    assert message in str(info.value)
 
 
 def test_dangling_backend_is_a_compile_error() -> None:
@@ -281,3 +477,34 @@ def test_example_routes_compile_with_bookinfo(name: str) -> None:
         ["reviews-v1", "reviews-v3"],
     )
     assert Snapshot.from_dict(snapshot.to_dict()) == snapshot
+
+
+def test_example_fault_delays_ratings_for_jason() -> None:
+    mesh = load_mesh_file(str(BOOKINFO))
+    name = "fault-ratings-delay.yaml"
+    extra = _parse((BOOKINFO.parent / name).read_text(), name)
+    snapshot = compile_snapshot([*mesh.resources, *extra], [], NODE, "3")
+    (ratings,) = [r for r in snapshot.routes if r.parent_name == "ratings"]
+    jason, everyone = ratings.rules
+    assert jason.matches[0].headers == (HeaderMatch("end-user", "jason"),)
+    assert jason.filters.fault == Fault(delay_ms=7_000, delay_percent=100.0)
+    assert everyone.filters == Filters()
+    assert Snapshot.from_dict(snapshot.to_dict()) == snapshot
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("{}", "spec: set delay, abort or both"),
+        ("{delay: {fixedDelay: 7s}}", "spec.delay.percentage: required field is missing"),
+        ("{delay: {fixedDelay: 0s, percentage: {value: 1}}}", "fixedDelay must be at least 1ms"),
+        ("{abort: {percentage: {value: 1}}}", "set exactly one of httpStatus and grpcStatus"),
+        ("{abort: {grpcStatus: NOPE, percentage: {value: 1}}}", "grpcStatus must be one of OK"),
+        ("{abort: {httpStatus: 700, percentage: {value: 1}}}", "spec.abort.httpStatus"),
+        ("{delay: {fixedDelay: 1s, percentage: {value: 101}}}", "spec.delay.percentage.value"),
+    ],
+)
+def test_http_fault_is_strict(spec: str, message: str) -> None:
+    text = f"apiVersion: plait.dev/v1\nkind: HTTPFault\nmetadata: {{name: f}}\nspec: {spec}\n"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _parse(text)

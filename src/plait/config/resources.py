@@ -809,3 +809,13 @@ def _reason(err: ErrorDetails) -> str:
     if err["type"] == "value_error":  # our validators' messages, without pydantic's prefix
         return str(err.get("ctx", {}).get("error", err["msg"]))
     return err["msg"]
+
+
+# plait's own extension kinds live in their modules (they import the shared parts above) and
+# register here, at the end, so the import does not go in a circle.
+from plait.config.traffic_resources import PlaitTrafficPolicy  # noqa: E402
+
+KINDS[("plait.dev/v1", "TrafficPolicy")] = PlaitTrafficPolicy  # type: ignore[assignment]
+from plait.config.fault_resources import HTTPFault  # noqa: E402
+
+KINDS[("plait.dev/v1", "HTTPFault")] = HTTPFault  # type: ignore[assignment]

@@ -12,30 +12,47 @@ Errors name the field path (`clusters[2].endpoints[0].port: expected an integer`
 
 from __future__ import annotations
 
+import re
+import re._parser as _sre
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from plait.config.policy import PolicyError, PolicySet
+from plait.config.traffic_policy import ClusterPolicy, TrafficPolicyError
 
 __all__ = [
+    "NO_FILTERS",
     "BackendRef",
     "Cluster",
     "Endpoint",
+    "Fault",
+    "Filters",
     "HeaderMatch",
+    "HeaderModifier",
+    "Mirror",
     "Node",
     "PathMatch",
+    "PathModifier",
+    "QueryParamMatch",
+    "Redirect",
+    "Rewrite",
     "Route",
     "RouteMatch",
     "RouteRule",
     "Snapshot",
     "SnapshotError",
+    "compile_regex",
 ]
 
-PATH_MATCH_TYPES = ("Exact", "PathPrefix")
-HEADER_MATCH_TYPES = ("Exact",)
+PATH_MATCH_TYPES = ("Exact", "PathPrefix", "RegularExpression")
+VALUE_MATCH_TYPES = ("Exact", "RegularExpression")  # headers and query parameters
+PATH_MODIFIER_TYPES = ("ReplaceFullPath", "ReplacePrefixMatch")
+REDIRECT_CODES = (301, 302, 303, 307, 308)
 PARENT_KINDS = ("Service", "Gateway")
 MTLS_MODES = ("STRICT", "PERMISSIVE", "DISABLE")
+
+T = TypeVar("T")
 
 
 class SnapshotError(ValueError):
@@ -138,6 +155,8 @@ class Cluster:
     namespace: str = "default"
     ports: tuple[int, ...] = ()
     endpoints: tuple[Endpoint, ...] = ()
+    # Balancing, limits, outlier detection, TLS: from DestinationRule / TrafficPolicy.
+    policy: ClusterPolicy = field(default_factory=ClusterPolicy)
 
     @property
     def hostnames(self) -> tuple[str, ...]:
@@ -158,44 +177,167 @@ class Cluster:
             namespace=r.get("namespace", str, "default"),
             ports=tuple(ports),
             endpoints=tuple(Endpoint.from_dict(e, w) for w, e in r.items("endpoints")),
+            policy=_cluster_policy(r.get("policy", Mapping, None), f"{path}.policy"),
         )
         r.done()
         return c
 
 
+def _cluster_policy(raw: Any, path: str) -> ClusterPolicy:
+    if raw is None:
+        return ClusterPolicy()
+    try:
+        return ClusterPolicy.from_dict(raw, path)
+    except TrafficPolicyError as exc:
+        raise SnapshotError(str(exc)) from None
+
+
+# --- routes: compiled HTTPRoutes ----------------------------------------------------------------
+
+# Python's `re` backtracks, so a repeat inside a repeat (`(a+)*`) can take exponential time on a
+# crafted path. Such nesting is refused unless the inner repeat cannot backtrack: possessive
+# (`a++`) or atomic (`(?>a+)`). Checked with the length cap once, when the snapshot is parsed,
+# so a dangerous pattern is a NACK, never a stuck proxy.
+MAX_REGEX_LENGTH = 1024
+_REPEATS = (_sre.MAX_REPEAT, _sre.MIN_REPEAT)
+
+
+def compile_regex(pattern: str) -> re.Pattern[str]:
+    """`pattern` compiled; ValueError if too long, invalid or prone to runaway backtracking."""
+    if len(pattern) > MAX_REGEX_LENGTH:
+        raise ValueError(f"regular expression longer than {MAX_REGEX_LENGTH} characters")
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression: {exc}") from None
+    if _nested_repeat(_sre.parse(pattern), 0):
+        raise ValueError(
+            "nested repeats such as (a+)* can backtrack exponentially; "
+            "make the inner one possessive (a++) or atomic ((?>a+))"
+        )
+    return compiled
+
+
+def _nested_repeat(items: Any, outer: int) -> bool:
+    """A backtracking repeat inside another one (max count `outer`), either of them unbounded."""
+    for op, av in items:
+        if op in _REPEATS:
+            high = av[1]
+            if outer > 1 and high > 1 and _sre.MAXREPEAT in (outer, high):
+                return True
+            inner = [(av[2], max(outer, high))]
+        elif op is _sre.POSSESSIVE_REPEAT:  # nothing outside can backtrack into these two
+            inner = [(av[2], 0)]
+        elif op is _sre.ATOMIC_GROUP:
+            inner = [(av, 0)]
+        elif op is _sre.SUBPATTERN:
+            inner = [(av[3], outer)]
+        elif op is _sre.BRANCH:
+            inner = [(branch, outer) for branch in av[1]]
+        elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
+            inner = [(av[1], outer)]
+        elif op is _sre.GROUPREF_EXISTS:
+            inner = [(branch, outer) for branch in av[1:] if branch is not None]
+        else:
+            continue
+        if any(_nested_repeat(sub, limit) for sub, limit in inner):
+            return True
+    return False
+
+
+def _choice(value: str, allowed: tuple[str, ...], where: str) -> str:
+    if value not in allowed:
+        raise SnapshotError(f"{where}: must be one of {', '.join(allowed)}")
+    return value
+
+
+def _build(cls: type[T], where: str, *args: Any, **kwargs: Any) -> T:
+    """`cls(...)`, its own checks (ValueError) reported at `where`."""
+    try:
+        return cls(*args, **kwargs)
+    except SnapshotError:
+        raise
+    except ValueError as exc:
+        raise SnapshotError(f"{where}: {exc}") from None
+
+
+def _regex_for(kind: str, value: str) -> re.Pattern[str] | None:
+    return compile_regex(value) if kind == "RegularExpression" else None
+
+
 @dataclass(frozen=True, slots=True)
 class PathMatch:
+    """Exact, PathPrefix (element-wise, Gateway API) or RegularExpression (full match)."""
+
     type: str
     value: str
+    regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.type != "RegularExpression" and not self.value.startswith("/"):
+            raise ValueError("a path must start with '/'")
+        object.__setattr__(self, "regex", _regex_for(self.type, self.value))
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> PathMatch:
         r = _Reader(data, path)
-        kind = r.get("type", str, "PathPrefix")
-        if kind not in PATH_MATCH_TYPES:
-            raise SnapshotError(f"{path}.type: must be one of {', '.join(PATH_MATCH_TYPES)}")
-        value = r.get("value", str, "/")
-        if not value.startswith("/"):
-            raise SnapshotError(f"{path}.value: a path must start with '/'")
+        kind = _choice(r.get("type", str, "PathPrefix"), PATH_MATCH_TYPES, f"{path}.type")
+        m = _build(cls, f"{path}.value", kind, r.get("value", str, "/"))
         r.done()
-        return cls(kind, value)
+        return m
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "value": self.value}
 
 
 @dataclass(frozen=True, slots=True)
 class HeaderMatch:
+    """A request header (lower-case name) equal to, or fully matching, `value`."""
+
     name: str
     value: str
     type: str = "Exact"
+    regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "regex", _regex_for(self.type, self.value))
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> HeaderMatch:
         r = _Reader(data, path)
-        kind = r.get("type", str, "Exact")
-        if kind not in HEADER_MATCH_TYPES:
-            raise SnapshotError(f"{path}.type: must be one of {', '.join(HEADER_MATCH_TYPES)}")
-        m = cls(name=r.get("name", str, required=True).lower(), value=r.get("value", str, required=True), type=kind)
+        kind = _choice(r.get("type", str, "Exact"), VALUE_MATCH_TYPES, f"{path}.type")
+        name = r.get("name", str, required=True).lower()
+        m = _build(cls, f"{path}.value", name, r.get("value", str, required=True), kind)
         r.done()
         return m
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "value": self.value, "type": self.type}
+
+
+@dataclass(frozen=True, slots=True)
+class QueryParamMatch:
+    """A query parameter (case-sensitive name, decoded value) equal to, or matching, `value`."""
+
+    name: str
+    value: str
+    type: str = "Exact"
+    regex: re.Pattern[str] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "regex", _regex_for(self.type, self.value))
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> QueryParamMatch:
+        r = _Reader(data, path)
+        kind = _choice(r.get("type", str, "Exact"), VALUE_MATCH_TYPES, f"{path}.type")
+        name = r.get("name", str, required=True)
+        m = _build(cls, f"{path}.value", name, r.get("value", str, required=True), kind)
+        r.done()
+        return m
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "value": self.value, "type": self.type}
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +347,7 @@ class RouteMatch:
     path: PathMatch | None = None
     method: str | None = None
     headers: tuple[HeaderMatch, ...] = ()
+    query_params: tuple[QueryParamMatch, ...] = ()
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> RouteMatch:
@@ -214,17 +357,365 @@ class RouteMatch:
             path=PathMatch.from_dict(p, f"{path}.path") if p is not None else None,
             method=r.get("method", str, None),
             headers=tuple(HeaderMatch.from_dict(h, w) for w, h in r.items("headers")),
+            query_params=tuple(QueryParamMatch.from_dict(q, w) for w, q in r.items("query_params")),
         )
         r.done()
         return m
 
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.path is not None:
+            out["path"] = self.path.to_dict()
+        if self.method is not None:
+            out["method"] = self.method
+        if self.headers:
+            out["headers"] = [h.to_dict() for h in self.headers]
+        if self.query_params:
+            out["query_params"] = [q.to_dict() for q in self.query_params]
+        return out
+
+
+# --- routes: filters ---------------------------------------------------------------------------
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")  # RFC 9110 section 5.6.2, lower-cased
+_FIELD_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")  # no CR, LF or NUL: no header injection
+# Framing and hop-by-hop fields: editing them could desynchronise the two connections
+# (request smuggling); the authority changes through URLRewrite.hostname instead.
+_UNMODIFIABLE = frozenset(
+    ("host", "content-length", "transfer-encoding", "connection", "keep-alive")
+    + ("proxy-connection", "te", "trailer", "upgrade")
+)
+_PATH_VALUE = re.compile(r"(?:[-A-Za-z0-9/._~!$&'()*+,;=:@]|%[0-9a-fA-F]{2})*")  # Gateway API
+_PRECISE_HOST = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_Pair = tuple[str, str]
+
+
+def _headers(r: _Reader, key: str) -> tuple[_Pair, ...]:
+    out = []
+    for where, h in r.items(key):
+        item = _Reader(h, where)
+        name = item.get("name", str, required=True).lower()
+        out.append((name, item.get("value", str, required=True)))
+        item.done()
+    return tuple(out)
+
+
+def _strings(r: _Reader, key: str) -> tuple[str, ...]:
+    for where, s in r.items(key):
+        if not isinstance(s, str):
+            raise SnapshotError(f"{where}: expected a string")
+    return tuple(r.get(key, list, []))
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderModifier:
+    """Request/ResponseHeaderModifier: remove, set (replace) or add fields; one action a name."""
+
+    set: tuple[_Pair, ...] = ()
+    add: tuple[_Pair, ...] = ()
+    remove: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [n for n, _ in self.set] + [n for n, _ in self.add] + list(self.remove)
+        for name in names:
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"{name!r} is not a lower-case header name")
+            if name in _UNMODIFIABLE:
+                raise ValueError(f"header {name!r} cannot be modified (framing or hop-by-hop)")
+        if len(set(names)) != len(names):
+            raise ValueError("each header name may appear in one action only")
+        for name, value in self.set + self.add:
+            if not _FIELD_VALUE.fullmatch(value):
+                raise ValueError(f"the value of {name!r} holds a control character")
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> HeaderModifier:
+        r = _Reader(data, path)
+        remove = tuple(n.lower() for n in _strings(r, "remove"))
+        m = _build(cls, path, _headers(r, "set"), _headers(r, "add"), remove)
+        r.done()
+        return m
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "set": [{"name": n, "value": v} for n, v in self.set],
+            "add": [{"name": n, "value": v} for n, v in self.add],
+            "remove": list(self.remove),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PathModifier:
+    """ReplaceFullPath or ReplacePrefixMatch (of the PathPrefix the request matched)."""
+
+    type: str
+    value: str
+
+    def __post_init__(self) -> None:
+        if self.type not in PATH_MODIFIER_TYPES:
+            raise ValueError(f"type must be one of {', '.join(PATH_MODIFIER_TYPES)}")
+        full = self.type == "ReplaceFullPath"
+        if (full or self.value) and not self.value.startswith("/"):
+            raise ValueError("the new path must start with '/'")
+        if len(self.value) > 1024 or not _PATH_VALUE.fullmatch(self.value):
+            raise ValueError(f"{self.value!r} is not a valid path")
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> PathModifier:
+        r = _Reader(data, path)
+        m = _build(cls, path, r.get("type", str, required=True), r.get("value", str, required=True))
+        r.done()
+        return m
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "value": self.value}
+
+
+def _hostname(value: str | None) -> None:
+    if value is not None and not _PRECISE_HOST.fullmatch(value):
+        raise ValueError(f"{value!r} is not a lower-case hostname")
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """RequestRedirect: the proxy answers `status_code` with a Location built from the request."""
+
+    scheme: str | None = None
+    hostname: str | None = None
+    port: int | None = None
+    path: PathModifier | None = None
+    status_code: int = 302
+
+    def __post_init__(self) -> None:
+        if self.scheme not in (None, "http", "https"):
+            raise ValueError("scheme must be http or https")
+        _hostname(self.hostname)
+        if self.port is not None:
+            _port(self.port, "port")
+        if self.status_code not in REDIRECT_CODES:
+            raise ValueError(f"status_code must be one of {', '.join(map(str, REDIRECT_CODES))}")
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> Redirect:
+        r = _Reader(data, path)
+        p = r.get("path", Mapping, None)
+        m = _build(
+            cls,
+            path,
+            scheme=r.get("scheme", str, None),
+            hostname=r.get("hostname", str, None),
+            port=r.get("port", int, None),
+            path=PathModifier.from_dict(p, f"{path}.path") if p is not None else None,
+            status_code=r.get("status_code", int, 302),
+        )
+        r.done()
+        return m
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scheme": self.scheme,
+            "hostname": self.hostname,
+            "port": self.port,
+            "path": self.path.to_dict() if self.path else None,
+            "status_code": self.status_code,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Rewrite:
+    """URLRewrite: a new Host and/or path before forwarding."""
+
+    hostname: str | None = None
+    path: PathModifier | None = None
+
+    def __post_init__(self) -> None:
+        _hostname(self.hostname)
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> Rewrite:
+        r = _Reader(data, path)
+        p = r.get("path", Mapping, None)
+        m = _build(
+            cls,
+            path,
+            hostname=r.get("hostname", str, None),
+            path=PathModifier.from_dict(p, f"{path}.path") if p is not None else None,
+        )
+        r.done()
+        return m
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hostname": self.hostname, "path": self.path.to_dict() if self.path else None}
+
+
+@dataclass(frozen=True, slots=True)
+class Mirror:
+    """RequestMirror: a copy of `numerator`/`denominator` of the requests goes to this service."""
+
+    service: str
+    namespace: str = "default"
+    port: int | None = None
+    numerator: int = 100
+    denominator: int = 100
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.numerator <= self.denominator or self.denominator < 1:
+            raise ValueError("the mirrored fraction must be between 0 and 1")
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> Mirror:
+        r = _Reader(data, path)
+        port = r.get("port", int, None)
+        m = _build(
+            cls,
+            path,
+            service=r.get("service", str, required=True),
+            namespace=r.get("namespace", str, "default"),
+            port=_port(port, f"{path}.port") if port is not None else None,
+            numerator=r.get("numerator", int, 100),
+            denominator=r.get("denominator", int, 100),
+        )
+        r.done()
+        return m
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "namespace": self.namespace,
+            "port": self.port,
+            "numerator": self.numerator,
+            "denominator": self.denominator,
+        }
+
+
+def _percent(r: _Reader, key: str) -> float:
+    value = r.get(key, (int, float), 0.0)
+    if isinstance(value, bool) or not 0 <= value <= 100:
+        raise SnapshotError(f"{r._where(key)}: expected a percentage from 0 to 100")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """An HTTPFault: delay and/or abort (HTTP status or gRPC status), each on a percentage."""
+
+    delay_ms: int = 0
+    delay_percent: float = 0.0
+    abort_http_status: int | None = None
+    abort_grpc_status: int | None = None
+    abort_percent: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.delay_ms < 0:
+            raise ValueError("delay_ms must be >= 0")
+        if self.abort_http_status is not None and not 200 <= self.abort_http_status <= 599:
+            raise ValueError("abort_http_status must be from 200 to 599")
+        if self.abort_grpc_status is not None and not 0 <= self.abort_grpc_status <= 16:
+            raise ValueError("abort_grpc_status must be a gRPC code from 0 to 16")
+        if self.abort_http_status is not None and self.abort_grpc_status is not None:
+            raise ValueError("abort with an HTTP status or a gRPC status, not both")
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> Fault:
+        r = _Reader(data, path)
+        m = _build(
+            cls,
+            path,
+            delay_ms=r.get("delay_ms", int, 0),
+            delay_percent=_percent(r, "delay_percent"),
+            abort_http_status=r.get("abort_http_status", int, None),
+            abort_grpc_status=r.get("abort_grpc_status", int, None),
+            abort_percent=_percent(r, "abort_percent"),
+        )
+        r.done()
+        return m
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "delay_ms": self.delay_ms,
+            "delay_percent": self.delay_percent,
+            "abort_http_status": self.abort_http_status,
+            "abort_grpc_status": self.abort_grpc_status,
+            "abort_percent": self.abort_percent,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """The filters of a rule or a backend, one slot per kind (only RequestMirror repeats).
+
+    The proxy applies them in this order: fault, request headers, redirect or rewrite, mirrors;
+    response headers on the way back.
+    """
+
+    request_headers: HeaderModifier | None = None
+    response_headers: HeaderModifier | None = None
+    redirect: Redirect | None = None
+    rewrite: Rewrite | None = None
+    mirrors: tuple[Mirror, ...] = ()
+    fault: Fault | None = None
+
+    def __post_init__(self) -> None:
+        if self.redirect is not None and self.rewrite is not None:
+            raise ValueError("a rule cannot both redirect and rewrite")
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str) -> Filters:
+        r = _Reader(data, path)
+
+        def one(key: str, kind: Any) -> Any:
+            value = r.get(key, Mapping, None)
+            return None if value is None else kind.from_dict(value, f"{path}.{key}")
+
+        f = _build(
+            cls,
+            path,
+            request_headers=one("request_headers", HeaderModifier),
+            response_headers=one("response_headers", HeaderModifier),
+            redirect=one("redirect", Redirect),
+            rewrite=one("rewrite", Rewrite),
+            mirrors=tuple(Mirror.from_dict(m, w) for w, m in r.items("mirrors")),
+            fault=one("fault", Fault),
+        )
+        r.done()
+        return f
+
+    def to_dict(self) -> dict[str, Any]:
+        """Only the slots in use, so a rule without filters dumps as before."""
+        out: dict[str, Any] = {}
+        for key in ("request_headers", "response_headers", "redirect", "rewrite", "fault"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = value.to_dict()
+        if self.mirrors:
+            out["mirrors"] = [m.to_dict() for m in self.mirrors]
+        return out
+
+
+NO_FILTERS = Filters()
+
+
+def _filters(r: _Reader, path: str) -> Filters:
+    data = r.get("filters", Mapping, None)
+    return NO_FILTERS if data is None else Filters.from_dict(data, f"{path}.filters")
+
+
+# --- routes: rules -----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class BackendRef:
+    """A weighted backend Service, with the filters that apply only when it is chosen."""
+
     service: str
     namespace: str = "default"
     port: int | None = None
     weight: int = 1
+    filters: Filters = NO_FILTERS
+
+    def __post_init__(self) -> None:
+        if self.filters.redirect is not None:
+            raise ValueError("a redirect answers instead of forwarding: put it on the rule")
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> BackendRef:
@@ -233,37 +724,90 @@ class BackendRef:
         weight = r.get("weight", int, 1)
         if weight < 0:
             raise SnapshotError(f"{path}.weight: must be >= 0")
-        b = cls(
+        b = _build(
+            cls,
+            f"{path}.filters",
             service=r.get("service", str, required=True),
             namespace=r.get("namespace", str, "default"),
             port=_port(port, f"{path}.port") if port is not None else None,
             weight=weight,
+            filters=_filters(r, path),
         )
         r.done()
         return b
 
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "service": self.service,
+            "namespace": self.namespace,
+            "port": self.port,
+            "weight": self.weight,
+        }
+        if self.filters != NO_FILTERS:
+            out["filters"] = self.filters.to_dict()
+        return out
+
+
+def _uses_prefix_replacement(filters: Filters) -> bool:
+    action = filters.redirect or filters.rewrite
+    path = action.path if action is not None else None
+    return path is not None and path.type == "ReplacePrefixMatch"
+
 
 @dataclass(frozen=True, slots=True)
 class RouteRule:
-    """Matches OR-ed together; backends split by weight; `timeout_ms` 0 means none."""
+    """Matches OR-ed together; backends split by weight; a timeout of 0 means none."""
 
     matches: tuple[RouteMatch, ...] = ()
     backends: tuple[BackendRef, ...] = ()
-    timeout_ms: int = 0
+    timeout_ms: int = 0  # timeouts.request: the whole exchange, retries included
+    backend_timeout_ms: int = 0  # timeouts.backendRequest: each attempt at a backend
+    filters: Filters = NO_FILTERS
+
+    def __post_init__(self) -> None:
+        if self.timeout_ms < 0 or self.backend_timeout_ms < 0:
+            raise ValueError("timeouts must be >= 0")
+        replaces = [self.filters] + [b.filters for b in self.backends]
+        prefixes = all(m.path is None or m.path.type == "PathPrefix" for m in self.matches)
+        if not prefixes and any(_uses_prefix_replacement(f) for f in replaces):
+            # Gateway API: ReplacePrefixMatch is only compatible with PathPrefix matches.
+            raise ValueError("ReplacePrefixMatch needs every match of the rule to be a PathPrefix")
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> RouteRule:
         r = _Reader(data, path)
-        timeout = r.get("timeout_ms", int, 0)
-        if timeout < 0:
-            raise SnapshotError(f"{path}.timeout_ms: must be >= 0")
-        rule = cls(
+        rule = _build(
+            cls,
+            path,
             matches=tuple(RouteMatch.from_dict(m, w) for w, m in r.items("matches")),
             backends=tuple(BackendRef.from_dict(b, w) for w, b in r.items("backends")),
-            timeout_ms=timeout,
+            timeout_ms=r.get("timeout_ms", int, 0),
+            backend_timeout_ms=r.get("backend_timeout_ms", int, 0),
+            filters=_filters(r, path),
         )
         r.done()
         return rule
+
+    def services(self) -> list[tuple[str, str, str]]:
+        """(field path below the rule, namespace, name) of every Service the rule sends to."""
+        refs = [(f"backends[{k}]", b.namespace, b.service) for k, b in enumerate(self.backends)]
+        sources = [("filters", self.filters)]
+        sources += [(f"backends[{k}].filters", b.filters) for k, b in enumerate(self.backends)]
+        for where, filters in sources:
+            for i, m in enumerate(filters.mirrors):
+                refs.append((f"{where}.mirrors[{i}]", m.namespace, m.service))
+        return refs
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "matches": [m.to_dict() for m in self.matches],
+            "backends": [b.to_dict() for b in self.backends],
+            "timeout_ms": self.timeout_ms,
+            "backend_timeout_ms": self.backend_timeout_ms,
+        }
+        if self.filters != NO_FILTERS:
+            out["filters"] = self.filters.to_dict()
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,14 +825,8 @@ class Route:
     @classmethod
     def from_dict(cls, data: Any, path: str) -> Route:
         r = _Reader(data, path)
-        kind = r.get("parent_kind", str, "Service")
-        if kind not in PARENT_KINDS:
-            raise SnapshotError(f"{path}.parent_kind: must be one of {', '.join(PARENT_KINDS)}")
-        hostnames = []
-        for where, h in r.items("hostnames"):
-            if not isinstance(h, str):
-                raise SnapshotError(f"{where}: expected a string")
-            hostnames.append(h.lower())
+        kind = _choice(r.get("parent_kind", str, "Service"), PARENT_KINDS, f"{path}.parent_kind")
+        hostnames = [h.lower() for h in _strings(r, "hostnames")]
         route = cls(
             name=r.get("name", str, required=True),
             parent_kind=kind,
@@ -299,6 +837,16 @@ class Route:
         )
         r.done()
         return route
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "namespace": self.namespace,
+            "parent_kind": self.parent_kind,
+            "parent_name": self.parent_name,
+            "hostnames": list(self.hostnames),
+            "rules": [rule.to_dict() for rule in self.rules],
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,11 +919,11 @@ class Snapshot:
             names.add(key)
         for i, route in enumerate(self.routes):
             for j, rule in enumerate(route.rules):
-                for k, b in enumerate(rule.backends):
-                    if (b.namespace, b.service) not in names:
+                for where, namespace, service in rule.services():
+                    if (namespace, service) not in names:
                         raise SnapshotError(
-                            f"routes[{i}].rules[{j}].backends[{k}].service: "
-                            f"no service {b.namespace}/{b.service} in clusters"
+                            f"routes[{i}].rules[{j}].{where}.service: "
+                            f"no service {namespace}/{service} in clusters"
                         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -405,46 +953,12 @@ class Snapshot:
                         }
                         for e in c.endpoints
                     ],
+                    "policy": c.policy.to_dict(),
                 }
                 for c in self.clusters
             ],
-            "routes": [
-                {
-                    "name": rt.name,
-                    "namespace": rt.namespace,
-                    "parent_kind": rt.parent_kind,
-                    "parent_name": rt.parent_name,
-                    "hostnames": list(rt.hostnames),
-                    "rules": [
-                        {
-                            "matches": [_match_to_dict(m) for m in rule.matches],
-                            "backends": [
-                                {
-                                    "service": b.service,
-                                    "namespace": b.namespace,
-                                    "port": b.port,
-                                    "weight": b.weight,
-                                }
-                                for b in rule.backends
-                            ],
-                            "timeout_ms": rule.timeout_ms,
-                        }
-                        for rule in rt.rules
-                    ],
-                }
-                for rt in self.routes
-            ],
+            "routes": [rt.to_dict() for rt in self.routes],
             "policies": self.policies.to_dict(),
             "mtls_mode": self.mtls_mode,
         }
 
-
-def _match_to_dict(m: RouteMatch) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if m.path is not None:
-        out["path"] = {"type": m.path.type, "value": m.path.value}
-    if m.method is not None:
-        out["method"] = m.method
-    if m.headers:
-        out["headers"] = [{"name": h.name, "value": h.value, "type": h.type} for h in m.headers]
-    return out

@@ -84,7 +84,7 @@ def analyze(resources: Sequence[r.Resource], registered: Iterable[Labelled] = ()
         elif isinstance(resource, r.DestinationRule):
             found = mesh.check_destination_rule(resource)
         findings += found
-    findings += _unsupported(mesh.services, clean_routes)
+    findings += _unsupported([*mesh.services, *mesh.faults], clean_routes)
     return sorted(
         findings, key=lambda f: (f.level != "Error", f.kind, f.namespace, f.name, f.field or "")
     )
@@ -95,6 +95,8 @@ class _Mesh:
 
     def __init__(self, resources: Sequence[r.Resource], registered: Iterable[Labelled]) -> None:
         self.services = [x for x in resources if isinstance(x, r.Service)]
+        # Routes' ExtensionRef filters resolve to these: the compiler needs them too.
+        self.faults = [x for x in resources if x.kind == "HTTPFault"]
         self.by_name: dict[tuple[str, str], r.Service] = {
             (s.metadata.namespace, s.metadata.name): s for s in self.services
         }
@@ -181,7 +183,7 @@ class _Mesh:
         return found
 
 
-def _unsupported(services: list[r.Service], routes: list[r.HTTPRoute]) -> list[Finding]:
+def _unsupported(services: Sequence[r.Resource], routes: list[r.HTTPRoute]) -> list[Finding]:
     """Routes whose references resolve but which the proxy cannot express yet."""
     node = Node(name="analyze")
     try:

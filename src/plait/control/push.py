@@ -258,8 +258,10 @@ class PushServer:
             return compile_snapshot(resources, instances, node, "mesh")
         except CompileError:
             pass
-        kept, errors = [], []
-        for resource in resources:
+        kept: list[Any] = []
+        errors: list[str] = []
+        # Routes last: a route is only compilable once the Services and faults it names are in.
+        for resource in sorted(resources, key=lambda x: x.kind in ("HTTPRoute", "GRPCRoute")):
             try:
                 compile_snapshot([*kept, resource], instances, node, "mesh")
             except CompileError as exc:
