@@ -44,7 +44,10 @@ from plait.proxy.filters.path_normalize import InvalidPath, normalize_path
 from plait.telemetry.tracing import Span, extract, inject
 from plait.proxy.local_reply import local_reply_bytes
 from plait.proxy import batching
+from plait.proxy.filters.mirror import mirror_requests
+from plait.proxy.filters.route_filters import edit_headers
 from plait.proxy.resilience import CircuitBreaker
+from plait.proxy.routing import Decision
 from plait.proxy.upstream import WRITE_HIGH_WATER, Host, UpstreamConnection
 
 if TYPE_CHECKING:
@@ -314,6 +317,8 @@ class Stream:
         "span",
         "try_started",
         "breaker_held",
+        "decision",
+        "try_timer",
     )
 
     def __init__(self, down: DownstreamConnection, head: RequestHead) -> None:
@@ -351,6 +356,8 @@ class Stream:
         self.span: Span | None = None
         self.try_started = 0.0  # when the current attempt was sent (balancer latency)
         self.breaker_held = False  # holds one of the cluster's max_requests slots
+        self.decision: Decision | None = None
+        self.try_timer: asyncio.TimerHandle | None = None  # timeouts.backendRequest
 
     # request side --------------------------------------------------------------------
     def start(self) -> None:
@@ -437,23 +444,56 @@ class Stream:
                 if verdict is not None:
                     self.local_reply(*verdict)
                     return
-        decision = ctx.route(self.authority, head.method, path, forward)
-        if decision is None:
+        query_bytes = self.path[query + 1 :] if query >= 0 else b""
+        routed = ctx.route(self.authority, head.method, path, forward, query_bytes)
+        if routed is None:
             self.local_reply(404, "NR")
             return
-        cluster, self.route, timeout_ms = decision
+        cluster, decision = routed
+        self.route = decision.route
+        self.decision = decision
+        if decision.request_headers:
+            forward = edit_headers(forward, decision.request_headers)
+        if decision.authority is not None:
+            forward[0] = (b"host", decision.authority)  # URLRewrite hostname
+        if decision.path is not None:
+            self.path = decision.path  # URLRewrite path (query included)
+        if decision.delay_ms:
+            # Fault injection: wait first; as in Envoy the request timeout starts after it.
+            self.flags = "DI"
+            self.timer = ctx.loop.call_later(
+                decision.delay_ms / 1000, self.send_routed, cluster, decision, forward
+            )
+            return
+        self.send_routed(cluster, decision, forward)
+
+    def send_routed(self, cluster: ClusterRuntime | None, decision: Decision, forward: Headers) -> None:
+        """Send the routed request upstream (or answer it locally, as the route says)."""
+        self.timer = None
+        if self.finished:
+            return
+        reply = decision.reply
+        if reply is not None:
+            # Redirect (DR), fault abort (FI), or a rule without live backends (NC).
+            extra = b"".join(b"%b: %b\r\n" % field for field in reply.headers)
+            self.local_reply(reply.status, reply.flag, reply.body, extra=extra)
+            return
         if cluster is None:
             self.local_reply(503, "UH")
             return
+        ctx = self.down.ctx
         self.cluster = cluster
         cluster.budget.deposit()  # every request earns retry budget (Linkerd's semantics)
         if not cluster.breaker.try_acquire_request():
             self.local_reply(503, "UO", extra=OVERLOADED)
             return
         self.breaker_held = True
-        self.up_head = request_head_bytes(head.method, self.path, forward)
-        if timeout_ms:
-            self.timer = ctx.loop.call_later(timeout_ms / 1000, self.on_timeout)
+        self.up_head = request_head_bytes(self.method, self.path, forward)
+        if decision.mirrors:
+            body = b"".join(self.replay) if self.request_complete and self.replay is not None else None
+            mirror_requests(ctx, decision.mirrors, self.method, self.path, forward, body)
+        if decision.timeout_ms:
+            self.timer = ctx.loop.call_later(decision.timeout_ms / 1000, self.on_timeout)
         self.pick_and_send()
 
     def pick_and_send(self, fresh: bool = False) -> None:
@@ -523,6 +563,11 @@ class Stream:
         self.attach(conn)
 
     def attach(self, conn: UpstreamConnection) -> None:
+        decision = self.decision
+        if decision is not None and decision.backend_timeout_ms:
+            self.try_timer = self.down.ctx.loop.call_later(
+                decision.backend_timeout_ms / 1000, self.on_timeout
+            )
         self.upstream = conn
         conn.stream = self
         conn.reader.expect(self.method)
@@ -586,6 +631,9 @@ class Stream:
             if status == 100 and self.head.version == b"1.1":
                 down.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return  # interim responses: wait for the final one
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
         self.status = status
         cluster, host = self.cluster, self.host
         if cluster is not None and host is not None:
@@ -606,6 +654,9 @@ class Stream:
         for item in head.headers:
             if item[0] not in drop:
                 headers.append(item)
+        decision = self.decision
+        if decision is not None and decision.response_headers:
+            headers = edit_headers(headers, decision.response_headers)
         framing = self.response_framing = head.framing
         client_11 = self.head.version == b"1.1"
         if framing == CHUNKED or framing == UNTIL_CLOSE:
@@ -699,7 +750,11 @@ class Stream:
             self.local_reply(exc.status, "DPE", exc.reason.encode())
 
     def on_timeout(self) -> None:
+        """The request timeout, or the try's (timeouts.backendRequest): 504 UT."""
         self.timer = None
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
         if self.finished:
             return
         self.down.ctx.stats.upstream_rq_timeout += 1
@@ -757,6 +812,9 @@ class Stream:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+            self.try_timer = None
         host = self.host
         cluster = self.cluster
         if host is not None and not self.connecting:

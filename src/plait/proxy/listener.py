@@ -45,7 +45,10 @@ DROP_HEADERS = HOP_BY_HOP | {XFCC}
 
 log = logging.getLogger("plait.proxy.listener")
 
-RouteResult = tuple[ClusterRuntime | None, str, int] | None
+# The cluster to balance over (None: no healthy host, or the decision answers locally) and
+# the route decision (filters, timeouts, faults); None: no route (404 NR).
+RouteResult = tuple[ClusterRuntime | None, Decision] | None
+INBOUND_DECISION = Decision(APP_CLUSTER, "inbound|app")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +99,7 @@ class ListenerContext:
         self.stats = ListenerStats()
         self.connections: set[DownstreamConnection] = set()
         self.draining = False
-        self.route: Callable[[bytes, bytes, bytes, Headers], RouteResult] = {
+        self.route: Callable[[bytes, bytes, bytes, Headers, bytes], RouteResult] = {
             OUTBOUND: self._route_outbound,
             GATEWAY: self._route_gateway,
             INBOUND: self._route_inbound,
@@ -106,17 +109,25 @@ class ListenerContext:
         return DownstreamConnection(self)
 
     # routing -------------------------------------------------------------------------
-    def _route_outbound(self, authority: bytes, method: bytes, path: bytes, headers: Headers) -> RouteResult:
+    def _route_outbound(
+        self, authority: bytes, method: bytes, path: bytes, headers: Headers, query: bytes
+    ) -> RouteResult:
         runtime = self.config.current
-        return _resolve(runtime, runtime.table.outbound(authority, method, path, headers))
+        return _resolve(runtime, runtime.table.outbound(authority, method, path, headers, query=query))
 
-    def _route_gateway(self, authority: bytes, method: bytes, path: bytes, headers: Headers) -> RouteResult:
+    def _route_gateway(
+        self, authority: bytes, method: bytes, path: bytes, headers: Headers, query: bytes
+    ) -> RouteResult:
         runtime = self.config.current
-        return _resolve(runtime, runtime.table.gateway(authority, method, path, headers))
+        return _resolve(runtime, runtime.table.gateway(authority, method, path, headers, query=query))
 
-    def _route_inbound(self, authority: bytes, method: bytes, path: bytes, headers: Headers) -> RouteResult:
-        cluster = self.config.current.clusters.get(APP_CLUSTER)
-        return (cluster, "inbound|app", 0)
+    def _route_inbound(
+        self, authority: bytes, method: bytes, path: bytes, headers: Headers, query: bytes
+    ) -> RouteResult:
+        return (self.config.current.clusters.get(APP_CLUSTER), INBOUND_DECISION)
+
+    def cluster(self, service: tuple[str, str]) -> ClusterRuntime | None:
+        return self.config.current.clusters.get(service)
 
     def peer_identity(self, ssl_object: ssl.SSLObject) -> str | None:
         """The caller's SPIFFE ID from its (already chain-verified) certificate, or None."""
@@ -232,4 +243,4 @@ def _resolve(runtime: Runtime, decision: Decision | None) -> RouteResult:
     if decision is None:
         return None
     cluster = runtime.clusters.get(decision.service)
-    return (cluster if cluster and cluster.hosts else None, decision.route, decision.timeout_ms)
+    return (cluster if cluster and cluster.hosts else None, decision)

@@ -22,12 +22,14 @@ class ListenerStats:
         "upstream_rq_retry",
         "upstream_rq_timeout",
         "flags",
+        "events",
     )
 
     def __init__(self) -> None:
         for name in self.__slots__:
             setattr(self, name, 0)
         self.flags: dict[str, int] = {}
+        self.events: dict[str, int] = {}  # named occurrences: mirror_sent, mirror_failed, ...
 
     def record_status(self, status: int, flags: str) -> None:
         klass = status // 100
@@ -62,4 +64,5 @@ class ListenerStats:
         }
         for flag, count in sorted(self.flags.items()):
             out[f"response_flags.{flag}"] = count
+        out.update(sorted(self.events.items()))
         return out
