@@ -30,6 +30,10 @@ class Failing:
                 self.send_header("content-length", "0")
                 self.end_headers()
 
+            def do_POST(self) -> None:  # noqa: N802 (stdlib name)
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                self.do_GET()
+
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -100,5 +104,66 @@ def test_5xx_endpoint_is_ejected_and_returns_after_its_ejection_time(proxies: An
             for _ in range(20):
                 c.get("/x")
             assert bad.count > seen  # back in rotation
+    finally:
+        bad.close()
+
+
+RETRY_ROUTE = {
+    "name": "web",
+    "parent_kind": "Service",
+    "parent_name": "web",
+    "rules": [
+        {
+            "backends": [{"service": "web"}],
+            "retries": {
+                "attempts": 2,
+                "retry_on": ["connect-failure", "retriable-status-codes"],
+                "retriable_status_codes": [500],
+            },
+        }
+    ],
+}
+
+
+@pytest.mark.timeout(30)
+def test_retry_on_5xx_reaches_a_healthy_endpoint_and_never_repeats_a_post(
+    proxies: Any, upstreams: Any
+) -> None:
+    good = upstreams.start("good")
+    bad = Failing()
+    try:
+        snap = snapshot([good.port, bad.port], {})
+        snap["routes"] = [RETRY_ROUTE]
+        proxy = proxies.start(snap)
+        with httpx.Client(base_url=proxy.url(), headers={"host": "web"}, timeout=5) as c:
+            gets = [c.get("/x") for _ in range(30)]
+            assert [r.status_code for r in gets] == [200] * 30
+            retried = [r for r in gets if dict(r.json()["headers"]).get("x-plait-attempt-count") == "2"]
+            assert retried, "some GETs met the failing endpoint first and were retried"
+            before = bad.count
+            posts = [c.post("/x", content=b"pay") for _ in range(20)]
+        # A POST that reached the failing upstream is not sent again: its 500 comes back.
+        failed_posts = [r for r in posts if r.status_code == 500]
+        assert failed_posts, "some POSTs met the failing endpoint"
+        assert bad.count - before == len(failed_posts)
+    finally:
+        bad.close()
+
+
+@pytest.mark.timeout(30)
+def test_retry_budget_bounds_attempts_when_everything_fails(proxies: Any) -> None:
+    bad = Failing()
+    try:
+        snap = snapshot([bad.port], {"retry_budget": {"retry_ratio": 0.2, "min_retries_per_second": 2, "ttl_ms": 10000}})
+        snap["routes"] = [RETRY_ROUTE]
+        proxy = proxies.start(snap)
+        requests = 100
+        started = time.monotonic()
+        with httpx.Client(base_url=proxy.url(), headers={"host": "web"}, timeout=5) as c:
+            for _ in range(requests):
+                assert c.get("/x").status_code == 500
+        elapsed = time.monotonic() - started
+        # Without a budget: 3 attempts each (300). With it: 1.2x plus the minimum per second.
+        assert bad.count <= requests * 1.2 + 2 * (elapsed + 10) + 1, (bad.count, elapsed)
     finally:
         bad.close()

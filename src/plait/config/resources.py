@@ -348,12 +348,25 @@ class HTTPRouteTimeouts(StrictModel):
         return self
 
 
+class HTTPRouteRetry(StrictModel):
+    """Gateway API retries (GEP-1731: codes, attempts, backoff), plus plait's extensions in
+    Istio's terms: `retryOn` (connect-failure, 5xx, gateway-error, reset, ...) and
+    `perTryTimeout`. `attempts` counts retries after the first try, as Istio's does."""
+
+    codes: Items[Annotated[int, Field(ge=400, le=599)]] = ()
+    attempts: int | None = Field(default=None, ge=0, le=10)
+    backoff: Duration | None = None
+    retry_on: str | None = None
+    per_try_timeout: Duration | None = None
+
+
 class HTTPRouteRule(StrictModel):
     name: str | None = None
     matches: Items[HTTPRouteMatch] = Field(default=(), validate_default=True)
     filters: Items[HTTPRouteFilter] = ()
     backend_refs: Items[HTTPBackendRef] = ()
     timeouts: HTTPRouteTimeouts | None = None
+    retry: HTTPRouteRetry | None = None
 
     @field_validator("matches")
     @classmethod

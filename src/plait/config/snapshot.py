@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from plait.config.policy import PolicyError, PolicySet
-from plait.config.traffic_policy import ClusterPolicy, TrafficPolicyError
+from plait.config.traffic_policy import ClusterPolicy, RetryPolicyConfig, TrafficPolicyError
 
 __all__ = [
     "NO_FILTERS",
@@ -763,6 +763,7 @@ class RouteRule:
     timeout_ms: int = 0  # timeouts.request: the whole exchange, retries included
     backend_timeout_ms: int = 0  # timeouts.backendRequest: each attempt at a backend
     filters: Filters = NO_FILTERS
+    retries: RetryPolicyConfig | None = None  # None: the default (connection failures only)
 
     def __post_init__(self) -> None:
         if self.timeout_ms < 0 or self.backend_timeout_ms < 0:
@@ -784,6 +785,7 @@ class RouteRule:
             timeout_ms=r.get("timeout_ms", int, 0),
             backend_timeout_ms=r.get("backend_timeout_ms", int, 0),
             filters=_filters(r, path),
+            retries=_retries(r.get("retries", Mapping, None), f"{path}.retries"),
         )
         r.done()
         return rule
@@ -807,7 +809,18 @@ class RouteRule:
         }
         if self.filters != NO_FILTERS:
             out["filters"] = self.filters.to_dict()
+        if self.retries is not None:
+            out["retries"] = self.retries.to_dict()
         return out
+
+
+def _retries(raw: Any, path: str) -> RetryPolicyConfig | None:
+    if raw is None:
+        return None
+    try:
+        return RetryPolicyConfig.from_dict(raw, path)
+    except TrafficPolicyError as exc:
+        raise SnapshotError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True)

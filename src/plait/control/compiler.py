@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from plait.config import resources as r
 from plait.config.fault_resources import FAULT_GROUP, GRPC_CODES, HTTPFault
+from plait.config.traffic_policy import RetryPolicyConfig, parse_retry_on
 from plait.config.snapshot import (
     NO_FILTERS,
     BackendRef,
@@ -204,6 +205,7 @@ class _Context:
                 timeout_ms=timeouts.request or 0,
                 backend_timeout_ms=timeouts.backend_request or 0,
                 filters=filters,
+                retries=_retries(rule.retry),
             )
         except CompileError:
             raise
@@ -319,3 +321,22 @@ def _checked(cls: type[T], where: str, *args: object) -> T:
         return cls(*args)
     except ValueError as exc:
         raise CompileError(f"{where}: {exc}") from None
+
+
+def _retries(retry: r.HTTPRouteRetry | None) -> RetryPolicyConfig | None:
+    """A rule's `retry` in the proxy's terms. Gateway API `codes` are retriable status codes;
+    `retryOn` (plait's extension, Istio's syntax) adds conditions such as connect-failure."""
+    if retry is None:
+        return None
+    conditions, codes = parse_retry_on(retry.retry_on) if retry.retry_on else ((), ())
+    codes = tuple(dict.fromkeys((*codes, *retry.codes)))
+    retry_on = tuple(dict.fromkeys((*(conditions or ("connect-failure", "refused-stream")), *(("retriable-status-codes",) if codes else ()))))
+    base = RetryPolicyConfig()
+    return RetryPolicyConfig(
+        attempts=retry.attempts if retry.attempts is not None else base.attempts,
+        per_try_timeout_ms=retry.per_try_timeout or 0,
+        retry_on=retry_on,
+        retriable_status_codes=codes,
+        backoff_base_ms=retry.backoff or base.backoff_base_ms,
+        backoff_max_ms=max(base.backoff_max_ms, 10 * (retry.backoff or base.backoff_base_ms)),
+    )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 from time import monotonic
 from typing import TYPE_CHECKING
 
@@ -46,7 +47,13 @@ from plait.proxy.local_reply import local_reply_bytes
 from plait.proxy import batching
 from plait.proxy.filters.mirror import mirror_requests
 from plait.proxy.filters.route_filters import edit_headers
-from plait.proxy.resilience import CircuitBreaker
+from plait.proxy.resilience import (
+    CONNECT_FAILURE,
+    DEFAULT_RETRY_POLICY,
+    CircuitBreaker,
+    Outcome,
+    may_retry,
+)
 from plait.proxy.routing import Decision
 from plait.proxy.upstream import WRITE_HIGH_WATER, Host, UpstreamConnection
 
@@ -64,8 +71,8 @@ PAUSE_UPSTREAM = 2  # the upstream socket's write buffer is full
 PAUSE_CONNECTING = 4  # body bytes wait for an upstream connection
 # RFC 9110 section 9.2.2: methods a client may repeat without changing the outcome.
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-# Connect failures are retried on another host this many times (never a 5xx: see issue 4).
-CONNECT_RETRIES = 2
+# Retry back-off jitter (full jitter); a module-level generator, seeded by the OS.
+_RNG = random.Random()
 
 
 OVERLOADED = b"x-plait-overloaded: true\r\n"
@@ -319,6 +326,8 @@ class Stream:
         "breaker_held",
         "decision",
         "try_timer",
+        "retries_done",
+        "retry_slot",
     )
 
     def __init__(self, down: DownstreamConnection, head: RequestHead) -> None:
@@ -357,7 +366,9 @@ class Stream:
         self.try_started = 0.0  # when the current attempt was sent (balancer latency)
         self.breaker_held = False  # holds one of the cluster's max_requests slots
         self.decision: Decision | None = None
-        self.try_timer: asyncio.TimerHandle | None = None  # timeouts.backendRequest
+        self.try_timer: asyncio.TimerHandle | None = None  # timeouts.backendRequest, back-off
+        self.retries_done = 0
+        self.retry_slot = False  # holds one of the cluster's maxRetries slots
 
     # request side --------------------------------------------------------------------
     def start(self) -> None:
@@ -546,10 +557,9 @@ class Stream:
             if self.finished:
                 return
             ctx.stats.upstream_cx_connect_fail += 1
-            if len(self.tried) <= CONNECT_RETRIES:
-                ctx.stats.upstream_rq_retry += 1
-                self.pick_and_send()
-            else:
+            # Nothing was written: safe to retry whatever the method (RFC 9110 9.2.2).
+            outcome = Outcome(failure=CONNECT_FAILURE, reached_upstream=False, replayable=True)
+            if not self.schedule_retry(outcome):
                 self.local_reply(503, "UF")
             return
         breaker.release_pending()
@@ -643,6 +653,21 @@ class Stream:
             self.try_started = 0.0
             if cluster.detector is not None:
                 cluster.detector.record(host, status, latency, now)
+            decision = self.decision
+            if decision is not None and status in decision.retry.statuses:
+                outcome = Outcome(
+                    status=status, idempotent=self.method in IDEMPOTENT, replayable=self.replay is not None
+                )
+                if self.schedule_retry(outcome):
+                    # This try's response is dropped unseen; the next try answers instead.
+                    conn = self.upstream
+                    self.upstream = None
+                    if conn is not None:
+                        conn.abort()
+                    host.active -= 1
+                    self.host = None
+                    self.status = 0
+                    return
         self.response_started = True
         self.up_keep_alive = head.keep_alive
         headers: Headers = []
@@ -749,6 +774,39 @@ class Stream:
         else:
             self.local_reply(exc.status, "DPE", exc.reason.encode())
 
+    def schedule_retry(self, outcome: Outcome) -> bool:
+        """Retry after a back-off if the route's policy, the breaker and the budget allow it."""
+        cluster = self.cluster
+        if cluster is None or self.finished:
+            return False
+        if self.retry_slot:  # the previous retry's slot ends with its try
+            cluster.breaker.release_retry()
+            self.retry_slot = False
+        decision = self.decision
+        policy = decision.retry if decision is not None else DEFAULT_RETRY_POLICY
+        if not may_retry(policy, outcome, self.retries_done, cluster.budget, cluster.breaker):
+            return False
+        self.retry_slot = True
+        self.retries_done += 1
+        ctx = self.down.ctx
+        ctx.stats.upstream_rq_retry += 1
+        if self.try_timer is not None:
+            self.try_timer.cancel()
+        self.try_timer = ctx.loop.call_later(policy.backoff(self.retries_done - 1, _RNG), self._retry)
+        return True
+
+    def _retry(self) -> None:
+        self.try_timer = None
+        if self.finished:
+            return
+        n = self.retries_done
+        self.up_head = self.up_head.replace(
+            b"x-plait-attempt-count: %d\r\n" % n, b"x-plait-attempt-count: %d\r\n" % (n + 1), 1
+        )
+        if self.replay is not None:
+            self.pending_body = list(self.replay)
+        self.pick_and_send()
+
     def on_timeout(self) -> None:
         """The request timeout, or the try's (timeouts.backendRequest): 504 UT."""
         self.timer = None
@@ -824,6 +882,9 @@ class Stream:
         if self.breaker_held and cluster is not None:
             cluster.breaker.release_request()
             self.breaker_held = False
+        if self.retry_slot and cluster is not None:
+            cluster.breaker.release_retry()
+            self.retry_slot = False
         conn = self.upstream
         if conn is not None:
             self.upstream = None

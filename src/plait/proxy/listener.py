@@ -39,6 +39,7 @@ __all__ = ["ListenerContext", "ProxySettings", "OUTBOUND", "INBOUND", "GATEWAY"]
 
 OUTBOUND, INBOUND, GATEWAY = "outbound", "inbound", "gateway"
 XFCC = b"x-forwarded-client-cert"
+ATTEMPT = b"x-plait-attempt-count"
 # Never forwarded as received: hop-by-hop fields, and a client-certificate header that only
 # the inbound proxy may set (a caller could forge it to impersonate another workload).
 DROP_HEADERS = HOP_BY_HOP | {XFCC}
@@ -158,7 +159,11 @@ class ListenerContext:
             if peer_id and certs is not None and certs.identity is not None:
                 # Envoy's SANITIZE_SET: the app learns who called, from us only.
                 headers.append((XFCC, f"By={certs.identity.spiffe_id};URI={peer_id}".encode()))
-        elif self.kind == GATEWAY:
+        if self.kind != INBOUND:
+            # Which try the upstream sees (retries count up); a caller's value is not ours.
+            headers[:] = [f for f in headers if f[0] != ATTEMPT]
+            headers.append((ATTEMPT, b"1"))
+        if self.kind == GATEWAY:
             # Edge of the mesh: record the client (RFC 7239's de-facto predecessor XFF).
             peer = stream.down.peer.rpartition(":")[0].encode()
             for i, (name, value) in enumerate(headers):

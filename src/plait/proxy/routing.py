@@ -42,6 +42,7 @@ from plait.config.snapshot import (
 )
 from plait.proto.events import Headers
 from plait.proxy.filters.faults import FaultAction
+from plait.proxy.resilience import DEFAULT_RETRY_POLICY, RetryPolicy
 from plait.proxy.filters.route_filters import HeaderEdit, LocalReply, redirect_reply, rewrite_path
 
 __all__ = ["NO_SERVICE", "Decision", "RouteTable", "parse_query", "split_authority"]
@@ -68,6 +69,7 @@ class Decision:
     mirrors: tuple[Mirror, ...] = ()  # fire-and-forget copies, already sampled
     delay_ms: int = 0  # fault: wait this long before anything else
     reply: LocalReply | None = None  # answer this instead of forwarding (after the delay)
+    retry: RetryPolicy = DEFAULT_RETRY_POLICY  # the rule's retries (default: connect failures)
 
 
 class _Target:
@@ -100,6 +102,7 @@ class _Target:
             authority=hostname.encode() if hostname else None,
             mirrors=tuple(m for m in mirrors if m.numerator >= m.denominator),
             reply=_NO_BACKEND if backend is None and self.redirect is None else None,
+            retry=RetryPolicy.from_config(rule.retries) if rule.retries else DEFAULT_RETRY_POLICY,
         )
         self.static = (
             self.fault is None
@@ -141,6 +144,8 @@ class _Target:
             d.authority,
             mirrors,
             delay,
+            None,
+            d.retry,
         )
 
 
