@@ -17,7 +17,8 @@ from typing import TypeVar
 
 from plait.config import resources as r
 from plait.config.fault_resources import FAULT_GROUP, GRPC_CODES, HTTPFault
-from plait.config.traffic_policy import RetryPolicyConfig, parse_retry_on
+from plait.config.traffic_policy import ClusterPolicy, RetryPolicyConfig, parse_retry_on
+from plait.control.traffic_compiler import TrafficCompileError, compile_traffic_policies
 from plait.config.snapshot import (
     NO_FILTERS,
     BackendRef,
@@ -77,7 +78,11 @@ def compile_snapshot(
     )
     workloads = [x for x in resources if isinstance(x, r.Workload)]
     endpoints = _EndpointIndex(instances, workloads)
-    clusters = tuple(_cluster(s, endpoints) for s in services)
+    try:
+        policies = compile_traffic_policies(resources, node.namespace, node.labels)
+    except TrafficCompileError as exc:
+        raise CompileError(str(exc)) from None
+    clusters = tuple(_cluster(s, endpoints, policies) for s in services)
     known: Known = set()
     for c in clusters:
         if (c.namespace, c.name) in known:
@@ -143,14 +148,20 @@ class _EndpointIndex:
         )
 
 
-def _cluster(service: r.Service, endpoints: _EndpointIndex) -> Cluster:
+def _cluster(
+    service: r.Service, endpoints: _EndpointIndex, policies: Mapping[tuple[str, str], ClusterPolicy]
+) -> Cluster:
     namespace = service.metadata.namespace
     return Cluster(
         name=service.metadata.name,
         namespace=namespace,
         ports=tuple(p.port for p in service.spec.ports),
         endpoints=endpoints.select(namespace, service.spec.selector),
+        policy=policies.get((namespace, service.metadata.name), _DEFAULT_POLICY),
     )
+
+
+_DEFAULT_POLICY = ClusterPolicy()
 
 
 def _route(route: r.HTTPRoute, parent: r.ParentReference, known: Known, faults: Faults) -> Route:

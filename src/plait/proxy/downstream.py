@@ -543,7 +543,8 @@ class Stream:
         assert cluster is not None
         breaker = cluster.breaker
         try:
-            conn = await host.open_connection(ctx.settings.connect_timeout, ctx.upstream_tls(host))
+            tls, expected, sni = ctx.upstream_tls(host, cluster)
+            conn = await host.open_connection(ctx.settings.connect_timeout, tls, expected, sni)
         except (OSError, TimeoutError):
             breaker.release_pending()
             breaker.release_connection()

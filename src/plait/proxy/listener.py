@@ -9,6 +9,7 @@ less per request than a timer per request.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from time import monotonic
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
 __all__ = ["ListenerContext", "ProxySettings", "OUTBOUND", "INBOUND", "GATEWAY"]
 
 OUTBOUND, INBOUND, GATEWAY = "outbound", "inbound", "gateway"
+# (TLS context or None, SPIFFE IDs the peer must prove (None: the host's own), SNI)
+UpstreamTls = tuple["ssl.SSLContext | None", "tuple[str, ...] | None", str]
+NO_TLS: UpstreamTls = (None, None, "")
 XFCC = b"x-forwarded-client-cert"
 ATTEMPT = b"x-plait-attempt-count"
 # Never forwarded as received: hop-by-hop fields, and a client-certificate header that only
@@ -143,11 +147,26 @@ class ListenerContext:
         self.tls_counters["handshakes"] = self.tls_counters.get("handshakes", 0) + 1
         return peer
 
-    def upstream_tls(self, host: Host) -> ssl.SSLContext | None:
-        """mTLS toward endpoints with a proxy (auto mTLS); plaintext toward the others."""
-        if host.identity and self.certs is not None:
-            return self.certs.client_context()
-        return None
+    def upstream_tls(self, host: Host, cluster: ClusterRuntime | None = None) -> UpstreamTls:
+        """How to reach `host`: (context or None, SPIFFE IDs it must prove, SNI).
+
+        AUTO (Istio's auto mTLS): mTLS toward endpoints with a proxy, plaintext otherwise.
+        A DestinationRule's `tls.mode` overrides: ISTIO_MUTUAL (mTLS even toward a registered
+        workload without a proxy; SANs from `subjectAltNames`), SIMPLE (TLS with a CA file,
+        server verified by name), DISABLE (plaintext)."""
+        policy = cluster.policy if cluster is not None else None
+        mode = policy.tls_mode if policy is not None else "AUTO"
+        certs = self.certs
+        if mode == "DISABLE":
+            return NO_TLS
+        if mode == "SIMPLE" and policy is not None:
+            return (_simple_context(policy.ca_file), (), policy.sni or host.address)
+        if certs is None or (mode == "AUTO" and not host.identity):
+            return NO_TLS
+        if mode == "ISTIO_MUTUAL" and not host.identity:
+            sans = tuple(policy.subject_alt_names) if policy is not None else ()
+            return (certs.client_context(), sans or None, "")
+        return (certs.client_context(), None, "")
 
     def inbound_policy(self) -> InboundPolicy | None:
         return self.config.current.inbound_policy if self.kind == INBOUND else None
@@ -248,4 +267,17 @@ def _resolve(runtime: Runtime, decision: Decision | None) -> RouteResult:
     if decision is None:
         return None
     cluster = runtime.clusters.get(decision.service)
+    if cluster is not None and not cluster.hosts:
+        fallback = cluster.policy.fallback
+        # No healthy endpoint: a configured fallback service answers instead (plait extension).
+        cluster = runtime.clusters.get((fallback.namespace, fallback.name)) if fallback else None
     return (cluster if cluster and cluster.hosts else None, decision)
+
+
+@functools.lru_cache(maxsize=16)
+def _simple_context(ca_file: str) -> ssl.SSLContext:
+    """DestinationRule SIMPLE: ordinary TLS to a server outside the mesh, verified by name."""
+    context = ssl.create_default_context(cafile=ca_file or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    return context

@@ -224,9 +224,16 @@ class Host:
         for conn in list(self.idle):
             conn.close()
 
-    async def open_connection(self, timeout: float, tls: ssl.SSLContext | None = None) -> UpstreamConnection:
-        """Connect a new pooled connection, over mTLS when `tls` is given (then the peer must
-        prove `identity`); raises OSError or TimeoutError on failure."""
+    async def open_connection(
+        self,
+        timeout: float,
+        tls: ssl.SSLContext | None = None,
+        expected: tuple[str, ...] | None = None,
+        server_hostname: str = "",
+    ) -> UpstreamConnection:
+        """Connect a new pooled connection, over TLS when `tls` is given; with mTLS the peer
+        must prove one of the `expected` SPIFFE IDs (default: this host's `identity`; `()`:
+        plain TLS, verified by the context itself). Raises OSError or TimeoutError."""
         loop = asyncio.get_running_loop()
         self.cx_total += 1
         try:
@@ -236,7 +243,7 @@ class Host:
                     self.address,
                     self.port,
                     ssl=tls,
-                    server_hostname="" if tls is not None else None,
+                    server_hostname=server_hostname if tls is not None else None,
                 )
         except ssl.SSLError as exc:
             self.cx_connect_fail += 1
@@ -245,9 +252,10 @@ class Host:
         except (OSError, TimeoutError):
             self.cx_connect_fail += 1
             raise
-        if tls is not None:
+        wanted = (self.identity,) if expected is None else expected
+        if tls is not None and wanted:
             try:
-                verify_peer(proto.transport.get_extra_info("ssl_object"), (self.identity,))  # type: ignore[union-attr]
+                verify_peer(proto.transport.get_extra_info("ssl_object"), wanted)  # type: ignore[union-attr]
             except PeerVerificationError as exc:
                 self.cx_connect_fail += 1
                 self._tls_failed(str(exc))

@@ -62,7 +62,7 @@ def mirror_requests(
 
 
 async def _send(ctx: ListenerContext, host: Host, data: bytes) -> None:
-    tls = ctx.upstream_tls(host)
+    tls, expected, _ = ctx.upstream_tls(host)
     counters = ctx.stats.events
     writer = None
     try:
@@ -71,7 +71,7 @@ async def _send(ctx: ListenerContext, host: Host, data: bytes) -> None:
                 host.address, host.port, ssl=tls, server_hostname="" if tls else None
             )
             if tls is not None:
-                verify_peer(writer.get_extra_info("ssl_object"), (host.identity,))
+                verify_peer(writer.get_extra_info("ssl_object"), expected or (host.identity,))
             writer.write(data)
             while await reader.read(65536):
                 pass  # the mirror's answer is discarded
