@@ -167,3 +167,63 @@ def test_retry_budget_bounds_attempts_when_everything_fails(proxies: Any) -> Non
         assert bad.count <= requests * 1.2 + 2 * (elapsed + 10) + 1, (bad.count, elapsed)
     finally:
         bad.close()
+
+
+class Slow:
+    """An upstream that answers 200 after `delay` seconds and counts requests."""
+
+    def __init__(self, delay: float) -> None:
+        self.count = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+                outer.count += 1
+                time.sleep(delay)
+                self.send_response(200)
+                self.send_header("content-length", "4")
+                self.end_headers()
+                self.wfile.write(b"slow")
+
+        ThreadingHTTPServer.daemon_threads = True
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.mark.timeout(60)
+def test_peak_ewma_avoids_an_endpoint_ten_times_slower(proxies: Any, upstreams: Any) -> None:
+    fast = [upstreams.start(f"fast{i}") for i in range(2)]
+    slow = Slow(0.05)
+    try:
+        policy = {"load_balancer": {"kind": "PEAK_EWMA"}}
+        proxy = proxies.start(snapshot([fast[0].port, fast[1].port, slow.port], policy))
+        total = 300
+        with httpx.Client(base_url=proxy.url(), headers={"host": "web"}, timeout=5) as c:
+            for _ in range(total):
+                assert c.get("/x").status_code == 200
+        assert slow.count < total * 0.10, slow.count
+    finally:
+        slow.close()
+
+
+@pytest.mark.timeout(30)
+def test_ring_hash_keeps_a_key_on_one_endpoint(proxies: Any, upstreams: Any) -> None:
+    apps = [upstreams.start(f"app{i}") for i in range(3)]
+    policy = {"load_balancer": {"kind": "RING_HASH", "hash_on": "header", "hash_name": "x-user"}}
+    proxy = proxies.start(snapshot([a.port for a in apps], policy))
+    with httpx.Client(base_url=proxy.url(), headers={"host": "web"}, timeout=5) as c:
+        owners = {}
+        for user in ("ann", "bob", "cid", "dee", "eve", "fay"):
+            seen = {c.get("/x", headers={"x-user": user}).json()["server"] for _ in range(10)}
+            assert len(seen) == 1, (user, seen)
+            owners[user] = seen.pop()
+    assert len(set(owners.values())) >= 2  # keys spread over the endpoints

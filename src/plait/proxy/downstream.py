@@ -45,6 +45,7 @@ from plait.proxy.filters.path_normalize import InvalidPath, normalize_path
 from plait.telemetry.tracing import Span, extract, inject
 from plait.proxy.local_reply import local_reply_bytes
 from plait.proxy import batching
+from plait.proxy.balance import hash_key
 from plait.proxy.filters.mirror import mirror_requests
 from plait.proxy.filters.route_filters import edit_headers
 from plait.proxy.resilience import (
@@ -328,6 +329,7 @@ class Stream:
         "try_timer",
         "retries_done",
         "retry_slot",
+        "hash_key",
     )
 
     def __init__(self, down: DownstreamConnection, head: RequestHead) -> None:
@@ -369,6 +371,7 @@ class Stream:
         self.try_timer: asyncio.TimerHandle | None = None  # timeouts.backendRequest, back-off
         self.retries_done = 0
         self.retry_slot = False  # holds one of the cluster's maxRetries slots
+        self.hash_key: bytes | None = None  # consistent hashing (RING_HASH) key
 
     # request side --------------------------------------------------------------------
     def start(self) -> None:
@@ -499,6 +502,10 @@ class Stream:
             self.local_reply(503, "UO", extra=OVERLOADED)
             return
         self.breaker_held = True
+        lb = cluster.policy.load_balancer
+        if lb.kind == "RING_HASH":
+            query = self.path.partition(b"?")[2]
+            self.hash_key = hash_key(lb, forward, self.down.peer.rpartition(":")[0], query)
         self.up_head = request_head_bytes(self.method, self.path, forward)
         if decision.mirrors:
             body = b"".join(self.replay) if self.request_complete and self.replay is not None else None
@@ -511,7 +518,7 @@ class Stream:
         """Pick a host and send on an idle pooled connection, or connect (`fresh`: always)."""
         cluster = self.cluster
         assert cluster is not None
-        host = cluster.pick(self.tried)
+        host = cluster.pick(self.tried, self.hash_key)
         if host is None:
             self.local_reply(503, "UH")
             return
