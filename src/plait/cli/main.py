@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("plait.cli.resources_cmd", "find references that do not resolve (like istioctl analyze)"),
     "token": ("plait.cli.token_cmd", "create join tokens for proxies (plait token create ...)"),
     "ca": ("plait.cli.ca_cmd", "the mesh CA: plait ca status, plait ca rotate"),
+    "explain": ("plait.cli.explain_cmd", "why a request goes where it goes (route, policy, endpoints)"),
 }
 
 

@@ -397,6 +397,14 @@ class ClusterRuntime:
             "retry_budget": {"balance": self.budget.balance, "refused": self.budget.refused},
             "outlier": self.detector.stats(now) if self.detector is not None else None,
             "panic": self.panic,
+            "hosts": {
+                h.label: {
+                    "active": h.active,
+                    "rq_total": h.rq_total,
+                    "ejected": bool(self.detector and self.detector.is_ejected(h, now)),
+                }
+                for h in self.hosts
+            },
         }
 
 
