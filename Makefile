@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # Debian packages the tests drive as real peers and clients (command -> package).
-TEST_DEBS := curl:curl wrk:wrk tshark:tshark testssl:testssl.sh
+TEST_DEBS := curl:curl wrk:wrk tshark:tshark testssl:testssl.sh haproxy:haproxy nginx:nginx-light
 MESH   ?= examples/bookinfo/mesh.yaml
 PYTEST_ARGS ?=
 
@@ -23,7 +23,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -53,7 +53,7 @@ lint: venv
 	$(BIN)/mypy
 
 bench: venv debs
-	$(BIN)/python -m bench.quick $(if $(QUICK),--quick,)
+	$(BIN)/python -m bench.run $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) .plait build *.egg-info
