@@ -1,5 +1,5 @@
-"""Resource models, snapshots and the push protocol: shared by both planes, no I/O."""
+"""Resource models, snapshots and the push protocol: shared by both planes, no I/O.
 
-# Importing the resource registry first lets the extension kinds (TrafficPolicy, HTTPFault),
-# which import its shared parts, be imported on their own without an import cycle.
-from plait.config import resources as _resources  # noqa: F401
+Import nothing here: the proxy imports `plait.config.snapshot` and must not pay for the
+resource models (pydantic) it never uses.
+"""

@@ -18,7 +18,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from plait.config.resources import IstioDuration, ObjectMeta, StrictModel
+from plait.config.resources import KINDS, IstioDuration, ObjectMeta, StrictModel
 
 __all__ = ["FAULT_GROUP", "GRPC_CODES", "FaultAbort", "FaultDelay", "HTTPFault", "Percentage"]
 
@@ -79,3 +79,6 @@ class HTTPFault(StrictModel):
     kind: Literal["HTTPFault"]
     metadata: ObjectMeta
     spec: HTTPFaultSpec
+
+
+KINDS[("plait.dev/v1", "HTTPFault")] = HTTPFault  # type: ignore[assignment]

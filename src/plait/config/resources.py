@@ -824,11 +824,8 @@ def _reason(err: ErrorDetails) -> str:
     return err["msg"]
 
 
-# plait's own extension kinds live in their modules (they import the shared parts above) and
-# register here, at the end, so the import does not go in a circle.
-from plait.config.traffic_resources import PlaitTrafficPolicy  # noqa: E402
-
-KINDS[("plait.dev/v1", "TrafficPolicy")] = PlaitTrafficPolicy  # type: ignore[assignment]
-from plait.config.fault_resources import HTTPFault  # noqa: E402
-
-KINDS[("plait.dev/v1", "HTTPFault")] = HTTPFault  # type: ignore[assignment]
+# plait's own extension kinds live in their modules, which import the shared parts above and
+# add themselves to KINDS at their end. A plain module import here (no `from`) works whichever
+# side is imported first, so there is no import cycle to trip on.
+import plait.config.fault_resources  # noqa: E402, F401
+import plait.config.traffic_resources  # noqa: E402, F401

@@ -26,7 +26,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from plait.config.resources import DNSLabel, IstioDuration, ObjectMeta, StrictModel
+from plait.config.resources import KINDS, DNSLabel, IstioDuration, ObjectMeta, StrictModel
 
 __all__ = [
     "FallbackRef",
@@ -121,3 +121,6 @@ class PlaitTrafficPolicy(StrictModel):
     kind: Literal["TrafficPolicy"]
     metadata: ObjectMeta
     spec: TrafficPolicySpec
+
+
+KINDS[("plait.dev/v1", "TrafficPolicy")] = PlaitTrafficPolicy  # type: ignore[assignment]
