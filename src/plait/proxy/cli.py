@@ -94,8 +94,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the local app's address; enables the inbound listener")
     p.add_argument("--access-log", default="-", metavar="PATH",
                    help="'-' for stdout (default), a file path, or 'off'")
-    p.add_argument("--access-log-sample", type=float, default=1.0, metavar="FRACTION",
-                   help="fraction of successful requests logged; errors always are (default 1.0)")
+    p.add_argument("--access-log-sample", type=float, default=0.01, metavar="FRACTION",
+                   help="fraction of successful requests logged; errors always are (default 0.01)")
     p.add_argument("--idle-timeout", type=float, default=300.0, metavar="SECONDS",
                    help="close idle client keep-alive connections after this long (default 300)")
     p.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
