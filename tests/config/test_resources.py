@@ -8,20 +8,20 @@ import pytest
 
 from plait.config.errors import ConfigError, ConfigErrors
 from plait.config.fault_resources import HTTPFault
-from plait.config.traffic_resources import PlaitTrafficPolicy
 from plait.config.resources import (
-    RequestAuthentication,
     KINDS,
     AuthorizationPolicy,
     DestinationRule,
     Gateway,
     HTTPRoute,
     PeerAuthentication,
+    RequestAuthentication,
     Resource,
     Service,
     Workload,
     parse_resources,
 )
+from plait.config.traffic_resources import PlaitTrafficPolicy
 from plait.config.yamlio import load_documents
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "bookinfo"

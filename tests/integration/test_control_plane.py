@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from meshkit import Mesh, http_json, wait_until
 
 SERVICES = """
@@ -126,7 +125,11 @@ def test_route_changes_apply_within_a_second_and_no_request_fails(mesh: Mesh) ->
             target = "web-v1" if i % 2 == 0 else "web-v2"
             applied = time.monotonic()
             mesh.apply(route_to(target))
-            seen = wait_until(lambda: switched(traffic, applied, target), 5, f"move to {target}")
+            seen = wait_until(
+                lambda applied=applied, target=target: switched(traffic, applied, target),
+                5,
+                f"move to {target}",
+            )
             delays.append(seen - applied)
     finally:
         traffic.stop()

@@ -5,8 +5,24 @@ from __future__ import annotations
 import pytest
 
 from plait.proto.errors import HeadTooLarge, MalformedMessage
-from plait.proto.events import CHUNKED, END_OF_STREAM, LENGTH, NO_BODY, UNTIL_CLOSE, Data, RequestHead, ResponseHead
-from plait.proto.h1 import LAST_CHUNK, RequestReader, ResponseReader, chunk, request_head_bytes, response_head_bytes
+from plait.proto.events import (
+    CHUNKED,
+    END_OF_STREAM,
+    LENGTH,
+    NO_BODY,
+    UNTIL_CLOSE,
+    Data,
+    RequestHead,
+    ResponseHead,
+)
+from plait.proto.h1 import (
+    LAST_CHUNK,
+    RequestReader,
+    ResponseReader,
+    chunk,
+    request_head_bytes,
+    response_head_bytes,
+)
 
 
 def body_of(events: list[object]) -> bytes:

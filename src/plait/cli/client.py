@@ -81,7 +81,7 @@ class ApiClient:
         return self._call("POST", "/api/v1/tokens", None, json.dumps(body).encode(), "application/json")
 
     def ca_roots(self) -> builtins.list[dict[str, Any]]:
-        return self._call("GET", "/api/v1/ca")  # type: ignore[no-any-return]
+        return self._call("GET", "/api/v1/ca")
 
     def ca_rotate(self) -> dict[str, Any]:
         return self._call("POST", "/api/v1/ca/rotate", None, b"", "application/json")

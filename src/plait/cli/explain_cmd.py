@@ -43,7 +43,8 @@ def _get(address: str, path: str) -> Any:
 
 def _proxy_for(proxies: list[dict[str, Any]], source: str) -> dict[str, Any] | None:
     by_name = [p for p in proxies if p.get("name") == source]
-    return (by_name or [p for p in proxies if p.get("service") == source] or [None])[0]
+    matches = by_name or [p for p in proxies if p.get("service") == source]
+    return matches[0] if matches else None
 
 
 def explain(proxies: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:

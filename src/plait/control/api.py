@@ -12,7 +12,7 @@ its client disconnects (Starlette cancels it), its timeout passes, or the store 
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request

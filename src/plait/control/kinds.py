@@ -42,6 +42,7 @@ _SHORT_NAMES = {
     "ap": "AuthorizationPolicy",
     "pa": "PeerAuthentication",
     "ra": "RequestAuthentication",
+    "tp": "TrafficPolicy",
 }
 
 

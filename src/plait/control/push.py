@@ -225,15 +225,11 @@ class PushServer:
     # compile and push ----------------------------------------------------------------
     async def recompute(self) -> None:
         """Compile the mesh; if anything changed, push deltas to every proxy."""
+        started = time.perf_counter()
         resources, revision = await self.config.resources()
         instances = await self.registry.instances()
         snapshot = self._compile(resources, instances)
-        data = snapshot.to_dict()
-        items = {kind: {wire.resource_key(kind, x): x for x in data[kind]} for kind in wire.KINDS}
-        fingerprints = {
-            kind: {k: json.dumps(v, sort_keys=True, separators=(",", ":")).encode() for k, v in values.items()}
-            for kind, values in items.items()
-        }
+        items, fingerprints = self._keyed(snapshot.to_dict())
         self.store_revision = revision
         policy_resources = [x for x in resources if x.kind in POLICY_KINDS]
         policy_fingerprint = json.dumps(
@@ -247,8 +243,39 @@ class PushServer:
         self._workload_cache = {}
         self._full_cache = None
         self._delta_cache = {}
+        compiled = time.perf_counter()
         for conn in list(self.connections):
             self.push(conn)
+        log.info(
+            "version %d (store revision %d): compiled in %.0f ms, queued to %d proxies in %.0f ms",
+            self.version, revision, (compiled - started) * 1e3, len(self.connections),
+            (time.perf_counter() - compiled) * 1e3,
+        )
+
+    def _keyed(self, data: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], Fingerprints]:
+        """Clusters and routes by key, with their fingerprints.
+
+        An item equal to the one of the last version keeps that version's object and
+        fingerprint: only what changed is serialised (a route change in a mesh of 1,000
+        clusters encodes one route, not 1,000 clusters), and the unchanged new copies die young
+        instead of growing the long-lived heap the garbage collector walks.
+        """
+        items: dict[str, dict[str, Any]] = {}
+        fingerprints: Fingerprints = {}
+        for kind in wire.KINDS:
+            old_items, old_fingerprints = self.items[kind], self.fingerprints[kind]
+            new_items: dict[str, Any] = {}
+            new_fingerprints: dict[str, bytes] = {}
+            for item in data[kind]:
+                key = wire.resource_key(kind, item)
+                old = old_items.get(key)
+                if old is not None and old == item:
+                    new_items[key], new_fingerprints[key] = old, old_fingerprints[key]
+                else:
+                    new_items[key] = item
+                    new_fingerprints[key] = json.dumps(item, sort_keys=True, separators=(",", ":")).encode()
+            items[kind], fingerprints[kind] = new_items, new_fingerprints
+        return items, fingerprints
 
     def _compile(self, resources: list[Any], instances: list[Any]) -> Snapshot:
         """Compile everything; a route the compiler refuses is left out, not the whole mesh."""

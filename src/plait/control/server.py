@@ -24,10 +24,12 @@ from plait.control.api import create_app
 from plait.control.auth import TokenError, load_or_create_token
 from plait.control.ca_service import CaService
 from plait.control.config_service import ConfigService
+from plait.control.dashboard_api import telemetry_router
 from plait.control.push import PushServer
 from plait.control.registry import Registry
 from plait.control.store import StoreError
 from plait.control.store_sqlite import SqliteStore
+from plait.control.telemetry_service import Telemetry
 
 __all__ = ["ControlPlane", "add_arguments", "run"]
 
@@ -87,6 +89,10 @@ class ControlPlane:
             ca_roots=self.ca.roots,
             ca_rotate=self.push.rotate_ca,
         )
+        # Telemetry roll-up, dashboard (/ui) and tap; writes the Prometheus file_sd targets.
+        self.telemetry = Telemetry(self.push.status, self.data_dir)
+        self.telemetry.start()
+        app.include_router(telemetry_router(self.telemetry))
         config = uvicorn.Config(
             app, host=self.api_address[0], port=self.api_address[1], log_level="warning", lifespan="off"
         )
@@ -126,6 +132,8 @@ class ControlPlane:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        if hasattr(self, "telemetry"):  # first: it ends tap streams, which uvicorn waits for
+            await self.telemetry.aclose()
         if self._uvicorn is not None and self._api_task is not None:
             self._uvicorn.should_exit = True
             await asyncio.gather(self._api_task, return_exceptions=True)

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from plait.config.errors import ConfigError, ConfigErrors
-from plait.config.mesh import AppSpec, MeshFile, load_mesh_file
 from plait.cli.client import ApiClient, ClientError
 from plait.cli.settings import save_cli_settings
+from plait.config.errors import ConfigError, ConfigErrors
+from plait.config.mesh import AppSpec, MeshFile, load_mesh_file
 from plait.config.snapshot import Node, Snapshot
 from plait.control.compiler import CompileError, Instance, compile_snapshot
 from plait.control.kinds import to_data
@@ -445,6 +445,7 @@ async def serve(
             if table:
                 table.update(await _rows(sup, plan.sidecars, plan.gateway))
             emit(f"Control plane {plan.control.url} (plait status, plait apply -f ...)")
+            emit(f"Dashboard {plan.control.url}/ui")
             for url in plan.urls:
                 emit(f"Open {url}")
             emit("All ready. Stop with Ctrl-C")

@@ -12,6 +12,8 @@ No I/O here: everything is testable by feeding bytes.
 
 from __future__ import annotations
 
+from typing import Any
+
 import httptools
 
 from plait.proto.errors import HeadTooLarge, MalformedMessage, ProtocolError
@@ -108,6 +110,8 @@ class _Reader:
         self._feed_fresh = False  # nothing of the current feed belongs to an earlier message
         self._chunked = False
         self._trailer_phase = False
+        # The httptools parser; each subclass makes its own kind (request or response).
+        self._parser: Any
 
     # httptools callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:

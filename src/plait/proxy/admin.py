@@ -8,6 +8,7 @@ Not on the hot path, so it uses asyncio streams and reads one small request per 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -47,10 +48,8 @@ class AdminServer:
             % (status, b"OK" if status == 200 else b"Error", content_type.encode(), len(body))
             + body
         )
-        try:
+        with contextlib.suppress(ConnectionError):
             await writer.drain()
-        except ConnectionError:
-            pass
         writer.close()
 
     def respond(self, method: str, target: str) -> tuple[int, str, bytes]:

@@ -168,7 +168,6 @@ class ControlAgent:
         self._send(hello)
         if self.certs is not None and self.certs.identity is not None:
             self._send({"type": "certificate_status", "certificate": self.certs.status()})
-        self._send_certificate_status()
         self.connected = True
         self.last_error = None
         heartbeat = asyncio.get_running_loop().create_task(self._heartbeats())
@@ -191,10 +190,10 @@ class ControlAgent:
             certs = self.certs
             now = time.time()
             # Renew on the authenticated channel; ask again if no answer within 30 s.
-            if certs is not None and certs.identity is not None and certs.needs_renewal(now):
-                if now - self._renewal_requested > 30:
-                    self._renewal_requested = now
-                    self._send({"type": "csr", "csr": certs.csr().decode()})
+            due = certs is not None and certs.identity is not None and certs.needs_renewal(now)
+            if due and certs is not None and now - self._renewal_requested > 30:
+                self._renewal_requested = now
+                self._send({"type": "csr", "csr": certs.csr().decode()})
 
     def _send(self, message: Mapping[str, Any]) -> None:
         if self._writer is not None and not self._writer.transport.is_closing():
@@ -271,12 +270,6 @@ class ControlAgent:
         self.join_token = None  # spent: later connections authenticate with the certificate
         self._send({"type": "certificate_status", "certificate": self.certs.status()})
         log.info("certificate installed: %s serial %x expires %s", identity.spiffe_id, identity.serial, identity.not_after)
-        self._send_certificate_status()
-
-    def _send_certificate_status(self) -> None:
-        """Tell the control plane which certificate we hold (`plait status` shows it)."""
-        if self.certs is not None and self.certs.identity is not None:
-            self._send({"type": "certificate_status", "certificate": self.certs.status()})
 
     def _nack(self, version: str, error: str) -> None:
         log.warning("rejected config version %s: %s", version, error)

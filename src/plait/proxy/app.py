@@ -9,8 +9,10 @@ log); the admin server shows all of it; a ticker expires deadlines and flushes l
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -19,20 +21,20 @@ from typing import Any
 
 from plait.config import wire
 from plait.config.snapshot import Snapshot
-from plait.proxy.admin import AdminServer
 from plait.proxy.acceptor import DetectingAcceptor
+from plait.proxy.admin import AdminServer
 from plait.proxy.agent import ControlAgent, load_cached_snapshot
 from plait.proxy.certificates import CertificateManager
 from plait.proxy.filters.audit import AuditLog
 from plait.proxy.filters.jwt_authn import JwksCache
 from plait.proxy.filters.metrics import ListenerMetrics
-from plait.telemetry.exposition import render
-from plait.telemetry.metrics import ProxyMetrics
-from plait.telemetry.tracing import Tracer
 from plait.proxy.health import AppHealthCheck
 from plait.proxy.listener import GATEWAY, INBOUND, OUTBOUND, ListenerContext, ProxySettings
 from plait.proxy.runtime import ConfigHolder
 from plait.telemetry.accesslog import AccessLog
+from plait.telemetry.exposition import render
+from plait.telemetry.metrics import ProxyMetrics
+from plait.telemetry.tracing import Tracer
 
 __all__ = ["Proxy", "ProxyOptions"]
 
@@ -170,7 +172,7 @@ class Proxy:
                         sock,
                         ctx.protocol_factory,
                         lambda: self.config.current.snapshot.mtls_mode,
-                        lambda: certs.server.context if certs.server is not None else None,
+                        functools.partial(_server_context, certs),
                         self.spawn,
                         ctx.tls_counters,
                     )
@@ -356,3 +358,8 @@ def _version_number(config: ConfigHolder) -> Any:
         return float(version) if version.isdigit() else 0.0
 
     return value
+
+
+def _server_context(certs: CertificateManager) -> ssl.SSLContext | None:
+    """The inbound TLS context of the current certificate (None before the first one)."""
+    return certs.server.context if certs.server is not None else None

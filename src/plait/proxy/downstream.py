@@ -40,13 +40,12 @@ from plait.proto.h1 import (
     request_head_bytes,
     response_head_bytes,
 )
-from plait.proxy.filters.path_normalize import InvalidPath, normalize_path
-from plait.telemetry.tracing import Span, extract, inject
-from plait.proxy.local_reply import local_reply_bytes
 from plait.proxy import batching
 from plait.proxy.balance import hash_key
 from plait.proxy.filters.mirror import mirror_requests
+from plait.proxy.filters.path_normalize import InvalidPath, normalize_path
 from plait.proxy.filters.route_filters import edit_headers
+from plait.proxy.local_reply import local_reply_bytes
 from plait.proxy.resilience import (
     CONNECT_FAILURE,
     DEFAULT_RETRY_POLICY,
@@ -56,6 +55,7 @@ from plait.proxy.resilience import (
 )
 from plait.proxy.routing import Decision
 from plait.proxy.upstream import WRITE_HIGH_WATER, Host, UpstreamConnection
+from plait.telemetry.tracing import Span, extract, inject
 
 if TYPE_CHECKING:
     from plait.proxy.listener import ListenerContext
@@ -134,7 +134,7 @@ class DownstreamConnection(batching.BatchedWriter, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = transport  # type: ignore[assignment]
-        transport.set_write_buffer_limits(WRITE_HIGH_WATER)
+        self.transport.set_write_buffer_limits(WRITE_HIGH_WATER)  # type: ignore[union-attr]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else ""
         ctx = self.ctx
@@ -143,7 +143,7 @@ class DownstreamConnection(batching.BatchedWriter, asyncio.Protocol):
             peer_id = ctx.peer_identity(ssl_object)
             if peer_id is None:
                 self.closed = True
-                transport.abort()
+                self.transport.abort()  # type: ignore[union-attr]
                 return
             self.peer_id = peer_id
         ctx.connections.add(self)
@@ -220,7 +220,7 @@ class DownstreamConnection(batching.BatchedWriter, asyncio.Protocol):
                 self.stream.start()
             elif stream is not None:
                 if type(event) is Data:
-                    stream.request_data(event.data)  # type: ignore[attr-defined]
+                    stream.request_data(event.data)
                 elif event is END_OF_STREAM:
                     stream.request_end()
             if self.closed:
@@ -692,7 +692,7 @@ class Stream:
             headers = edit_headers(headers, decision.response_headers)
         framing = self.response_framing = head.framing
         client_11 = self.head.version == b"1.1"
-        if framing == CHUNKED or framing == UNTIL_CLOSE:
+        if framing in (CHUNKED, UNTIL_CLOSE):
             if client_11:
                 headers.append((b"transfer-encoding", b"chunked"))
                 self.response_chunked = True

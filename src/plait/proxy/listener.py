@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import ssl
 import time
-from time import monotonic
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from time import monotonic
 from typing import TYPE_CHECKING, Any
-
-import ssl
 
 from plait.identity.tls import PeerVerificationError, verify_peer
 from plait.proto.events import Headers
@@ -26,12 +25,12 @@ from plait.proxy.certificates import CertificateManager
 from plait.proxy.downstream import DownstreamConnection
 from plait.proxy.filters.inbound_policy import InboundPolicy
 from plait.proxy.filters.metrics import ListenerMetrics
-from plait.telemetry.tracing import CLIENT, SERVER, Tracer
 from plait.proxy.routing import Decision
 from plait.proxy.runtime import APP_CLUSTER, ConfigHolder, Runtime
 from plait.proxy.upstream import ClusterRuntime, Host
 from plait.telemetry.accesslog import AccessLog
 from plait.telemetry.stats import ListenerStats
+from plait.telemetry.tracing import CLIENT, SERVER, Tracer
 
 if TYPE_CHECKING:
     from plait.proxy.downstream import Stream

@@ -42,8 +42,8 @@ from plait.config.snapshot import (
 )
 from plait.proto.events import Headers
 from plait.proxy.filters.faults import FaultAction
-from plait.proxy.resilience import DEFAULT_RETRY_POLICY, RetryPolicy
 from plait.proxy.filters.route_filters import HeaderEdit, LocalReply, redirect_reply, rewrite_path
+from plait.proxy.resilience import DEFAULT_RETRY_POLICY, RetryPolicy
 
 __all__ = ["NO_SERVICE", "Decision", "RouteTable", "parse_query", "split_authority"]
 

@@ -15,16 +15,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Iterable, Iterator, Mapping
 from time import monotonic
-from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from plait.config.snapshot import Cluster, Endpoint
+from plait.config.traffic_policy import ClusterPolicy
 from plait.identity.tls import PeerVerificationError, verify_peer
 from plait.proto.errors import ProtocolError
 from plait.proto.h1 import ResponseReader
 from plait.proxy import batching
-from plait.config.traffic_policy import ClusterPolicy
 from plait.proxy.balance import Balancer, make_balancer, panic_hosts
 from plait.proxy.outlier import OutlierDetector
 from plait.proxy.resilience import CircuitBreaker, RetryBudget
@@ -75,7 +75,7 @@ class UpstreamConnection(batching.BatchedWriter, asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = transport  # type: ignore[assignment]
-        transport.set_write_buffer_limits(WRITE_HIGH_WATER)
+        self.transport.set_write_buffer_limits(WRITE_HIGH_WATER)  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
         started = batching.begin()
@@ -210,10 +210,8 @@ class Host:
         self.idle.append(conn)
 
     def forget_idle(self, conn: UpstreamConnection) -> None:
-        try:
+        if conn in self.idle:  # a short list (at most MAX_IDLE_PER_HOST)
             self.idle.remove(conn)
-        except ValueError:
-            pass
 
     def close_idle_before(self, cutoff: float) -> None:
         """Close pooled connections idle since before `cutoff` (called by the ticker)."""
@@ -306,7 +304,7 @@ class HostRegistry:
         for key in [k for k in self._hosts if k not in wanted]:
             self._hosts.pop(key).close_all_idle()
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Host]:
         return iter(list(self._hosts.values()))
 
 
@@ -345,6 +343,8 @@ class ClusterRuntime:
         policy = policy or ClusterPolicy()
         self.policy = policy
         same_policy = previous is not None and previous.policy == policy
+        self.breaker: CircuitBreaker
+        self.budget: RetryBudget
         if previous is not None:
             self.breaker = previous.breaker
             self.breaker.limits = policy.connection_pool

@@ -26,8 +26,18 @@ class ListenerStats:
     )
 
     def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
+        self.cx_total = 0
+        self.rq_total = 0
+        self.rq_1xx = 0
+        self.rq_2xx = 0
+        self.rq_3xx = 0
+        self.rq_4xx = 0
+        self.rq_5xx = 0
+        self.downstream_protocol_errors = 0
+        self.downstream_rq_timeout = 0
+        self.upstream_cx_connect_fail = 0
+        self.upstream_rq_retry = 0
+        self.upstream_rq_timeout = 0
         self.flags: dict[str, int] = {}
         self.events: dict[str, int] = {}  # named occurrences: mirror_sent, mirror_failed, ...
 
