@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # Debian packages the tests drive as real peers and clients (command -> package).
-TEST_DEBS := curl:curl wrk:wrk tshark:tshark testssl:testssl.sh haproxy:haproxy nginx:nginx-light
+TEST_DEBS := curl:curl wrk:wrk tshark:tshark testssl:testssl.sh haproxy:haproxy nginx:nginx-light prometheus:prometheus chromium:chromium
 MESH   ?= examples/bookinfo/mesh.yaml
 PYTEST_ARGS ?=
 

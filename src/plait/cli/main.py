@@ -23,6 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "token": ("plait.cli.token_cmd", "create join tokens for proxies (plait token create ...)"),
     "ca": ("plait.cli.ca_cmd", "the mesh CA: plait ca status, plait ca rotate"),
     "explain": ("plait.cli.explain_cmd", "why a request goes where it goes (route, policy, endpoints)"),
+    "stat": ("plait.cli.telemetry_cmd", "golden metrics per service, workload or route (like linkerd viz stat)"),
+    "top": ("plait.cli.telemetry_cmd", "the busiest paths, live (like linkerd viz top)"),
+    "tap": ("plait.cli.telemetry_cmd", "stream requests passing a service's proxies (metadata, no bodies)"),
 }
 
 

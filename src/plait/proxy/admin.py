@@ -13,6 +13,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from plait.proxy.tap import TapHub, serve_tap
+
 __all__ = ["AdminServer"]
 
 MAX_REQUEST = 16 * 1024
@@ -27,7 +29,9 @@ class AdminServer:
         stats: Callable[[], dict[str, Any]],
         config_dump: Callable[[], dict[str, Any]],
         prometheus: Callable[[], bytes] | None = None,
+        tap: TapHub | None = None,
     ) -> None:
+        self._tap = tap
         self._ready = ready
         self._stats = stats
         self._config_dump = config_dump
@@ -42,6 +46,9 @@ class AdminServer:
             return
         line = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
         path = line[1] if len(line) >= 2 else "/"
+        if self._tap is not None and path.partition("?")[0] == "/tap":
+            await serve_tap(self._tap, path.partition("?")[2], reader, writer)  # until they go
+            return
         status, content_type, body = self.respond(line[0], path)
         writer.write(
             b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"

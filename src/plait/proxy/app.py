@@ -29,6 +29,7 @@ from plait.proxy.filters.audit import AuditLog
 from plait.proxy.filters.jwt_authn import JwksCache
 from plait.proxy.filters.metrics import ListenerMetrics
 from plait.proxy.health import AppHealthCheck
+from plait.proxy.tap import TapHub
 from plait.proxy.listener import GATEWAY, INBOUND, OUTBOUND, ListenerContext, ProxySettings
 from plait.proxy.runtime import ConfigHolder
 from plait.telemetry.accesslog import AccessLog
@@ -95,6 +96,7 @@ class Proxy:
         self.certs = CertificateManager(options.state_dir) if options.ca_bundle is not None else None
         self.acceptors: list[DetectingAcceptor] = []
         self.metrics = ProxyMetrics()
+        self.tap = TapHub()
         self.exporter: Any = None
         if options.tracing_endpoint:
             from plait.telemetry.otlp import OtlpExporter  # ~10 MiB: only when tracing is on
@@ -161,6 +163,7 @@ class Proxy:
                 recorder,
                 self.tracer,
             )
+            ctx.tap = self.tap
             self.contexts[kind] = ctx
             if kind == INBOUND and self.certs is not None:
                 # mTLS inbound: TLS or plaintext decided per connection by the snapshot's
@@ -184,7 +187,11 @@ class Proxy:
             self.addresses[kind] = server.sockets[0].getsockname()[:2]
         if self.options.admin is not None:
             admin = AdminServer(
-                lambda: self.ready, self.stats, self.config_dump, lambda: render(self.metrics.registry)
+                lambda: self.ready,
+                self.stats,
+                self.config_dump,
+                lambda: render(self.metrics.registry),
+                self.tap,
             )
             server = await asyncio.start_server(admin.handle, *self.options.admin)
             self.servers.append(server)
@@ -303,6 +310,7 @@ class Proxy:
             await asyncio.sleep(0.05)
 
     async def aclose(self) -> None:
+        self.tap.close()
         self._ready = False
         for server in self.servers:
             server.close()

@@ -25,6 +25,7 @@ from plait.proxy.certificates import CertificateManager
 from plait.proxy.downstream import DownstreamConnection
 from plait.proxy.filters.inbound_policy import InboundPolicy
 from plait.proxy.filters.metrics import ListenerMetrics
+from plait.proxy.tap import TapHub, stream_record
 from plait.proxy.routing import Decision
 from plait.proxy.runtime import APP_CLUSTER, ConfigHolder, Runtime
 from plait.proxy.upstream import ClusterRuntime, Host
@@ -88,6 +89,7 @@ class ListenerContext:
         tracer: Tracer | None = None,
     ) -> None:
         self.kind = kind
+        self.tap: TapHub | None = None  # set by the proxy app: `plait tap` streams from it
         self.tracer = tracer
         # Envoy's span kinds: the server side's proxy records SERVER, the caller's CLIENT.
         self.span_kind = SERVER if kind == INBOUND else CLIENT
@@ -198,6 +200,9 @@ class ListenerContext:
         now = monotonic()
         if self.metrics is not None:
             self.metrics.record(stream, (now - stream.started) * 1000)
+        tap = self.tap
+        if tap is not None and tap.subscribers:
+            tap.publish(stream_record(self.kind, stream, now - stream.started))
         span = stream.span
         if span is not None and self.tracer is not None:
             cluster = stream.cluster
