@@ -56,6 +56,7 @@ class Traffic:
     def _run(self) -> None:
         with httpx.Client(timeout=5, headers={"host": self.host}) as client:
             while not self._stop.is_set():
+                started = time.monotonic()  # results carry when each request was sent
                 try:
                     r = client.get(self.url)
                     name = (
@@ -63,9 +64,9 @@ class Traffic:
                         if r.status_code == 200
                         else r.headers.get("x-plait-response-flags", "")
                     )
-                    self.results.append((time.monotonic(), r.status_code, name))
+                    self.results.append((started, r.status_code, name))
                 except httpx.HTTPError as exc:
-                    self.results.append((time.monotonic(), 0, type(exc).__name__))
+                    self.results.append((started, 0, type(exc).__name__))
                 time.sleep(0.005)
 
     def failures(self) -> list[tuple[float, int, str]]:

@@ -76,6 +76,15 @@ _RNG = random.Random()
 
 
 OVERLOADED = b"x-plait-overloaded: true\r\n"
+# A peer proxy's local replies that prove the request never reached its app.
+_NEVER_SENT = (b"UF", b"UH")
+
+
+def _peer_never_sent(headers: Headers) -> bool:
+    for name, value in headers:
+        if name == b"x-plait-response-flags":
+            return value in _NEVER_SENT
+    return False
 
 
 def _pending(breaker: CircuitBreaker) -> bool:
@@ -486,6 +495,8 @@ class Stream:
         self.timer = None
         if self.finished:
             return
+        if cluster is not None:
+            self.cluster = cluster  # metrics and logs name the routed service, replies too
         reply = decision.reply
         if reply is not None:
             # Redirect (DR), fault abort (FI), or a rule without live backends (NC).
@@ -662,10 +673,16 @@ class Stream:
             if cluster.detector is not None:
                 cluster.detector.record(host, status, latency, now)
             decision = self.decision
-            if decision is not None and status in decision.retry.statuses:
+            outcome = None
+            if status == 503 and host.identity and _peer_never_sent(head.headers):
+                # The callee's proxy says it never reached its app (UF/UH): for the mesh this
+                # is a connect failure, safe to retry on another endpoint whatever the method.
+                outcome = Outcome(failure=CONNECT_FAILURE, reached_upstream=False, replayable=self.replay is not None)
+            elif decision is not None and status in decision.retry.statuses:
                 outcome = Outcome(
                     status=status, idempotent=self.method in IDEMPOTENT, replayable=self.replay is not None
                 )
+            if outcome is not None:
                 if self.schedule_retry(outcome):
                     # This try's response is dropped unseen; the next try answers instead.
                     conn = self.upstream
