@@ -40,12 +40,13 @@ class Bookinfo:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.audit_log = tmp / "reviews.audit.log"
+        self.access_log = tmp / "reviews.access.log"
         self.mesh = Mesh(tmp)
         self.mesh.apply(SERVICES)
         _, app_port = self.mesh.app("reviews")
         self.mesh.proxy(
             "reviews-0", "reviews", "app=reviews", app_port=app_port,
-            extra=["--audit-log", str(self.audit_log)],
+            extra=["--audit-log", str(self.audit_log), "--access-log", str(self.access_log)],
         )  # fmt: skip
         self.callers = {
             "productpage": self.mesh.proxy("productpage-0", "productpage", "app=productpage")[1],
@@ -155,6 +156,14 @@ def test_allow_nothing_denies_every_caller_with_rbac_403(bookinfo: Bookinfo) -> 
             assert denied(reply), (caller, reply)
         assert denied(bookinfo.call("productpage", method="POST"))
     assert served(bookinfo.call("productpage"))
+    # The denials are in the callee proxy's access log, with the flag and the caller's identity.
+    def rbac_lines() -> list[dict[str, Any]]:
+        lines = [json.loads(x) for x in bookinfo.access_log.read_text().splitlines() if x]
+        return [x for x in lines if x.get("response_flags") == "RBAC"]
+
+    lines = wait_until(rbac_lines, 5, "RBAC lines in the access log (flushed every second)")
+    assert {x["status"] for x in lines} == {403}
+    assert "spiffe://cluster.local/ns/default/sa/productpage" in {x["peer_identity"] for x in lines}
 
 
 @pytest.mark.timeout(60)

@@ -298,3 +298,11 @@ def test_verified_tokens_are_cached_but_expiry_still_applies() -> None:
     # The cache is keyed by the exact token: a tampered copy is verified (and fails).
     header, payload, sig = tok.split(".")
     assert auth.authenticate(bearer(f"{header}.{payload}.{sig[:-4]}AAAA")).status == 401
+
+
+def test_jwks_can_be_read_from_a_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from plait.proxy.filters.jwt_authn import fetch_url
+
+    path = tmp_path / "jwks.json"
+    path.write_text('{"keys": []}')
+    assert fetch_url(path.as_uri(), 1.0) == b'{"keys": []}'

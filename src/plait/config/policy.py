@@ -40,6 +40,10 @@ __all__ = [
     "parse_condition_key",
 ]
 
+# Where a JWKS may come from: fetched over HTTP(S), or read from a file on the proxy's host
+# (file:///etc/plait/jwks.json), re-read on the same schedule as a URL.
+JWKS_SCHEMES = ("https://", "http://", "file://")
+
 # CUSTOM (an external authorizer) has no plait implementation; refusing it beats ignoring it.
 ACTIONS = ("ALLOW", "DENY", "AUDIT")
 
@@ -444,8 +448,8 @@ class JwtRule:
             raise PolicyError(f"{path}.issuer: must not be empty")
         if bool(self.jwks) == bool(self.jwks_uri):
             raise PolicyError(f"{path}: set exactly one of jwks and jwks_uri")
-        if self.jwks_uri and not self.jwks_uri.startswith(("https://", "http://")):
-            raise PolicyError(f"{path}.jwks_uri: must be an http:// or https:// URL")
+        if self.jwks_uri and not self.jwks_uri.startswith(JWKS_SCHEMES):
+            raise PolicyError(f"{path}.jwks_uri: must be an http://, https:// or file:// URL")
         if self.jwks_timeout_ms <= 0:
             raise PolicyError(f"{path}.jwks_timeout_ms: must be > 0")
         if not (self.from_headers or self.from_params or self.from_cookies):

@@ -26,7 +26,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import ErrorDetails
 
 from plait.config.errors import ConfigError, ConfigErrors
-from plait.config.policy import check_jwks
+from plait.config.policy import JWKS_SCHEMES, check_jwks
 from plait.config.yamlio import Document, FieldPath, load_documents
 
 __all__ = [
@@ -690,8 +690,8 @@ class JWTRule(StrictModel):
             raise ValueError(
                 "set exactly one of jwks and jwksUri (OpenID discovery is unsupported)"
             )
-        if self.jwks_uri is not None and not self.jwks_uri.startswith(("https://", "http://")):
-            raise ValueError("jwksUri must be an http:// or https:// URL")
+        if self.jwks_uri is not None and not self.jwks_uri.startswith(JWKS_SCHEMES):
+            raise ValueError("jwksUri must be an http://, https:// or file:// URL")
         if self.jwks is not None:
             check_jwks(self.jwks)
         return self

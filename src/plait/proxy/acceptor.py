@@ -42,7 +42,9 @@ class DetectingAcceptor:
         tls: Callable[[], ssl.SSLContext | None],
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         counters: dict[str, int],
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
+        self.on_refused = on_refused  # e.g. the plait_tls_handshakes_total counter
         self.sock = sock
         self.factory = factory
         self.mode = mode
@@ -119,6 +121,8 @@ class DetectingAcceptor:
         """Count a refused connection; log the 1st, 2nd, 4th, 8th... of each kind, so a flood
         of them (a port scan) cannot flood the log, yet every kind of refusal is seen."""
         count = self.counters[counter] = self.counters.get(counter, 0) + 1
+        if self.on_refused is not None:
+            self.on_refused(counter)
         if count & (count - 1) == 0:
             log.warning("inbound %s from %s (%s: %d so far)", message, peer, counter, count)
 

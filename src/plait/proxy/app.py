@@ -178,6 +178,7 @@ class Proxy:
                         functools.partial(_server_context, certs),
                         self.spawn,
                         ctx.tls_counters,
+                        ctx.tls_event,
                     )
                 )
                 self.addresses[kind] = sock.getsockname()[:2]

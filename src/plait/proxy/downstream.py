@@ -465,6 +465,8 @@ class Stream:
                     forward, down.peer_id, down.peer.rpartition(":")[0], request_id,
                 )
                 if verdict is not None:
+                    if verdict[1] == "RBAC" and ctx.metrics is not None:
+                        ctx.metrics.metrics.authz_denied.inc()
                     self.local_reply(*verdict)
                     return
         query_bytes = self.path[query + 1 :] if query >= 0 else b""

@@ -31,7 +31,7 @@ from plait.proxy.runtime import APP_CLUSTER, ConfigHolder, Runtime
 from plait.proxy.upstream import ClusterRuntime, Host
 from plait.telemetry.accesslog import AccessLog
 from plait.telemetry.stats import ListenerStats
-from plait.telemetry.tracing import CLIENT, SERVER, Tracer
+from plait.telemetry.tracing import CLIENT, SERVER, Tracer, extract
 
 if TYPE_CHECKING:
     from plait.proxy.downstream import Stream
@@ -142,11 +142,18 @@ class ListenerContext:
         except PeerVerificationError as exc:
             key = f"peer_refused.{exc.reason}"
             count = self.tls_counters[key] = self.tls_counters.get(key, 0) + 1
+            self.tls_event(key)
             if count & (count - 1) == 0:  # the 1st, 2nd, 4th...: bounded log volume
                 log.warning("%s caller refused: %s (%s: %d so far)", self.kind, exc, key, count)
             return None
         self.tls_counters["handshakes"] = self.tls_counters.get("handshakes", 0) + 1
+        self.tls_event("ok")
         return peer
+
+    def tls_event(self, result: str) -> None:
+        """Count a handshake outcome in `plait_tls_handshakes_total{result}` (Prometheus)."""
+        if self.metrics is not None:
+            self.metrics.metrics.tls_handshakes.labels(result).inc()
 
     def upstream_tls(self, host: Host, cluster: ClusterRuntime | None = None) -> UpstreamTls:
         """How to reach `host`: (context or None, SPIFFE IDs it must prove, SNI).
@@ -238,6 +245,8 @@ class ListenerContext:
                     "bytes_sent": stream.bytes_sent,
                     "request_id": stream.request_id.decode("latin-1") or None,
                     "downstream_peer": stream.down.peer,
+                    "peer_identity": stream.down.peer_id or None,
+                    "trace_id": _trace_id(stream),
                 }
             )
 
@@ -285,3 +294,10 @@ def _simple_context(ca_file: str) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
     return context
+
+
+def _trace_id(stream: Stream) -> str | None:
+    """The request's trace id for its log line: our span's, or the caller's (W3C or B3)."""
+    context: Any = stream.span if stream.span is not None else extract(stream.head.headers)
+    trace_id = getattr(context, "trace_id", b"")
+    return trace_id.decode() if trace_id else None
