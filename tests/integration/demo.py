@@ -32,12 +32,12 @@ class Demo:
 
 
 @contextlib.contextmanager
-def running_demo(tmp_path: Path) -> Iterator[Demo]:
+def running_demo(tmp_path: Path, mesh: Path = MESH) -> Iterator[Demo]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HOME": str(tmp_path)}
     env.pop("PLAIT_SERVER", None)
     env.pop("PLAIT_TOKEN", None)
     up = subprocess.Popen(
-        [sys.executable, "-m", "plait", "up", str(MESH), "--gateway-port", "0", "--no-table",
+        [sys.executable, "-m", "plait", "up", str(mesh), "--gateway-port", "0", "--no-table",
          "--run-dir", str(tmp_path / "run"), "--control-port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
     )

@@ -80,6 +80,8 @@ class MeshFile:
     resources: tuple[Resource, ...]
     # The control plane's API port on 127.0.0.1: 15014, Istio's, unless the file says otherwise.
     control_port: int = 15014
+    # Every proxy exports spans to this OTLP/HTTP collector, sampling this fraction of traces.
+    tracing: tuple[str, float] | None = None
 
 
 class _HttpGet(StrictModel):
@@ -121,10 +123,16 @@ class _Control(StrictModel):
     port: Port = 15014
 
 
+class _Tracing(StrictModel):
+    endpoint: str = Field(pattern=r"^https?://")  # an OTLP/HTTP collector
+    sample: float = Field(default=0.01, ge=0.0, le=1.0)  # 1 %: Istio's default
+
+
 class _MeshSpec(StrictModel):
     namespace: DNSLabel = "default"
     control: _Control = Field(default_factory=_Control)
     gateway: _Gateway | None = None
+    tracing: _Tracing | None = None
     apps: Items[_App] = ()
 
 
@@ -188,6 +196,7 @@ def parse_mesh(text: str, filename: str) -> MeshFile:
         apps=tuple(_app_spec(app, namespace) for app in mesh.spec.apps),
         resources=tuple(r for r, _ in placed),
         control_port=mesh.spec.control.port,
+        tracing=(mesh.spec.tracing.endpoint, mesh.spec.tracing.sample) if mesh.spec.tracing else None,
     )
 
 

@@ -176,7 +176,13 @@ def _control_spec(control: Control, run_dir: Path) -> ProcessSpec:
 
 
 def _proxy_spec(
-    name: str, run_dir: Path, admin: int, control: Control, node: Node, *flags: str
+    name: str,
+    run_dir: Path,
+    admin: int,
+    control: Control,
+    node: Node,
+    *flags: str,
+    tracing: tuple[str, float] | None = None,
 ) -> ProcessSpec:
     """A proxy fed by the control plane, caching its snapshot and logging under `run_dir`,
     ready when its admin says so (listening and configured)."""
@@ -194,6 +200,7 @@ def _proxy_spec(
         f"--namespace={node.namespace}",
         f"--admin={HOST}:{admin}",
         f"--access-log={run_dir / 'access.log'}",
+        *((f"--tracing-endpoint={tracing[0]}", f"--trace-sample={tracing[1]}") if tracing else ()),
         *((f"--service={node.service}",) if node.service else ()),
         *((f"--labels={labels}",) if labels else ()),
         *flags,
@@ -228,7 +235,11 @@ def _app_spec(s: Sidecar, run_dir: Path) -> ProcessSpec:
 
 
 def process_specs(
-    run_dir: Path, control: Control, sidecars: Sequence[Sidecar], gateway: Gateway | None
+    run_dir: Path,
+    control: Control,
+    sidecars: Sequence[Sidecar],
+    gateway: Gateway | None,
+    tracing: tuple[str, float] | None = None,
 ) -> list[list[ProcessSpec]]:
     """Start order after the control plane: all sidecar proxies, then all apps, then the
     gateway (each list at once)."""
@@ -244,6 +255,7 @@ def process_specs(
             f"--inbound={HOST}:{s.inbound}",
             f"--app={HOST}:{s.app_port}",
             *((f"--app-health={s.app.health.http_path}",) if s.app.health.http_path else ()),
+            tracing=tracing,
         )
         for s in sidecars
     ]
@@ -261,6 +273,7 @@ def process_specs(
                     "--mode=gateway",
                     f"--gateway-listen={HOST}:{gateway.port}",
                     f"--gateway-name={gateway.name}",
+                    tracing=tracing,
                 )
             ]
         )
@@ -368,7 +381,10 @@ def prepare(
         for old in [*d.glob("*.log"), *d.glob("snapshot.json")]:  # fresh logs, no stale cache
             old.unlink()
     urls = gateway_urls(gateway, snaps[gateway.name]) if gateway else []
-    specs = [[_control_spec(control, run_dir / "control")], *process_specs(run_dir, control, sidecars, gateway)]
+    specs = [
+        [_control_spec(control, run_dir / "control")],
+        *process_specs(run_dir, control, sidecars, gateway, mesh.tracing),
+    ]
     return Plan(run_dir, mesh, control, sidecars, gateway, specs, urls)
 
 
