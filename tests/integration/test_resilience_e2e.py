@@ -42,6 +42,13 @@ class Failing:
         self.server.shutdown()
 
 
+def prometheus(proxy: Any, name: str) -> float:
+    """The value of a (one-cluster) metric in the proxy's Prometheus exposition."""
+    text = httpx.get(proxy.url("admin") + "/stats/prometheus").text
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")]
+    return sum(values)
+
+
 def snapshot(endpoints: list[int], policy: dict[str, Any]) -> dict[str, Any]:
     return {
         "clusters": [
@@ -75,6 +82,7 @@ def test_breaker_overflow_is_immediate_503_uo(proxies: Any, upstreams: Any) -> N
     assert r.headers["x-plait-overloaded"] == "true"
     assert elapsed < 1.0  # refused at once, not queued behind the slow request
     assert slow["r"].status_code == 200
+    assert prometheus(proxy, "plait_circuit_breaker_overflow_total") == 1
 
 
 @pytest.mark.timeout(40)
@@ -104,6 +112,7 @@ def test_5xx_endpoint_is_ejected_and_returns_after_its_ejection_time(proxies: An
             for _ in range(20):
                 c.get("/x")
             assert bad.count > seen  # back in rotation
+        assert prometheus(proxy, "plait_outlier_ejections_total") >= 1
     finally:
         bad.close()
 
@@ -140,6 +149,7 @@ def test_retry_on_5xx_reaches_a_healthy_endpoint_and_never_repeats_a_post(
             assert [r.status_code for r in gets] == [200] * 30
             retried = [r for r in gets if dict(r.json()["headers"]).get("x-plait-attempt-count") == "2"]
             assert retried, "some GETs met the failing endpoint first and were retried"
+            assert prometheus(proxy, "plait_retries_total") >= len(retried)
             before = bad.count
             posts = [c.post("/x", content=b"pay") for _ in range(20)]
         # A POST that reached the failing upstream is not sent again: its 500 comes back.

@@ -148,7 +148,7 @@ class PushServer:
         self.version = 0
         self.items: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in wire.KINDS}
         self.fingerprints: Fingerprints = {k: {} for k in wire.KINDS}
-        # The last compile's clusters and their keys: what is equal needs no new dict.
+        # The clusters `items` was made from, and their keys: what is equal needs no new dict.
         self._clusters: dict[tuple[str, str], tuple[Any, str]] = {}
         self.compile_errors: list[str] = []
         self.store_revision = 0
@@ -231,7 +231,7 @@ class PushServer:
         resources, revision = await self.config.resources()
         instances = await self.registry.instances()
         snapshot = self._compile(resources, instances)
-        items, fingerprints = self._keyed(snapshot)
+        items, fingerprints, clusters = self._keyed(snapshot)
         self.store_revision = revision
         policy_resources = [x for x in resources if x.kind in POLICY_KINDS]
         policy_fingerprint = json.dumps(
@@ -240,7 +240,7 @@ class PushServer:
         if fingerprints == self.fingerprints and policy_fingerprint == self._policy_fingerprint and self.version:
             return
         self.version += 1
-        self.items, self.fingerprints = items, fingerprints
+        self.items, self.fingerprints, self._clusters = items, fingerprints, clusters
         self._policy_resources, self._policy_fingerprint = policy_resources, policy_fingerprint
         self._workload_cache = {}
         self._full_cache = None
@@ -254,7 +254,9 @@ class PushServer:
             (time.perf_counter() - compiled) * 1e3,
         )
 
-    def _keyed(self, snapshot: Snapshot) -> tuple[dict[str, dict[str, Any]], Fingerprints]:
+    def _keyed(
+        self, snapshot: Snapshot
+    ) -> tuple[dict[str, dict[str, Any]], Fingerprints, dict[tuple[str, str], tuple[Any, str]]]:
         """Clusters and routes as dicts by key, with their fingerprints.
 
         Only what changed since the last compile is converted and serialised: a cluster equal
@@ -273,7 +275,7 @@ class PushServer:
         data = replace(snapshot, clusters=changed).to_dict()
         fresh = iter(data["clusters"])
         clusters: list[tuple[str, dict[str, Any] | None]] = []
-        self._clusters = {}
+        compiled: dict[tuple[str, str], tuple[Any, str]] = {}
         for c in snapshot.clusters:
             key = unchanged.get(id(c))
             item = None
@@ -281,7 +283,7 @@ class PushServer:
                 item = next(fresh)
                 key = wire.resource_key("clusters", item)
             clusters.append((key, item))
-            self._clusters[(c.namespace, c.name)] = (c, key)
+            compiled[(c.namespace, c.name)] = (c, key)
         routes = [(wire.resource_key("routes", x), x) for x in data["routes"]]
         items: dict[str, dict[str, Any]] = {}
         fingerprints: Fingerprints = {}
@@ -298,7 +300,7 @@ class PushServer:
                     new_items[key] = converted
                     new_fingerprints[key] = json.dumps(converted, sort_keys=True, separators=(",", ":")).encode()
             items[kind], fingerprints[kind] = new_items, new_fingerprints
-        return items, fingerprints
+        return items, fingerprints, compiled
 
     def _compile(self, resources: list[Any], instances: list[Any]) -> Snapshot:
         """Compile everything; a route the compiler refuses is left out, not the whole mesh."""

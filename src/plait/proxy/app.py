@@ -96,6 +96,7 @@ class Proxy:
         self.certs = CertificateManager(options.state_dir) if options.ca_bundle is not None else None
         self.acceptors: list[DetectingAcceptor] = []
         self.metrics = ProxyMetrics()
+        self._ejections_seen: dict[tuple[str, str], int] = {}
         self.tap = TapHub()
         self.exporter: Any = None
         if options.tracing_endpoint:
@@ -253,8 +254,15 @@ class Proxy:
                 host.close_idle_before(cutoff)
             clock = time.monotonic()
             for cluster in self.config.current.clusters.values():
-                if cluster.detector is not None:
-                    cluster.detector.sweep(clock)  # outlier detection's interval work
+                detector = cluster.detector
+                if detector is not None:
+                    detector.sweep(clock)  # outlier detection's interval work
+                    # plait_outlier_ejections_total follows the detector's own count.
+                    key = (cluster.namespace, cluster.name)
+                    new = detector.ejections_total - self._ejections_seen.get(key, 0)
+                    if new > 0:
+                        self.metrics.outlier_ejections.labels(cluster.name).inc(new)
+                        self._ejections_seen[key] = detector.ejections_total
             if self.access_log is not None:
                 self.access_log.flush()
             if self.audit is not None:

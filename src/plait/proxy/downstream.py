@@ -512,7 +512,7 @@ class Stream:
         self.cluster = cluster
         cluster.budget.deposit()  # every request earns retry budget (Linkerd's semantics)
         if not cluster.breaker.try_acquire_request():
-            self.local_reply(503, "UO", extra=OVERLOADED)
+            self.overflow()
             return
         self.breaker_held = True
         lb = cluster.policy.load_balancer
@@ -540,7 +540,7 @@ class Stream:
         if conn is None and not (breaker.try_acquire_connection() and _pending(breaker)):
             # A new connection would pass maxConnections / http1MaxPendingRequests: refuse
             # at once rather than queue (Envoy's circuit breaking).
-            self.local_reply(503, "UO", extra=OVERLOADED)
+            self.overflow()
             return
         self.host = host
         self.tried += (host,)
@@ -811,16 +811,28 @@ class Stream:
             self.retry_slot = False
         decision = self.decision
         policy = decision.retry if decision is not None else DEFAULT_RETRY_POLICY
+        ctx = self.down.ctx
+        refused = cluster.budget.refused
         if not may_retry(policy, outcome, self.retries_done, cluster.budget, cluster.breaker):
+            if cluster.budget.refused > refused and ctx.metrics is not None:
+                ctx.metrics.metrics.retry_budget_exhausted.labels(cluster.name).inc()
             return False
         self.retry_slot = True
         self.retries_done += 1
-        ctx = self.down.ctx
         ctx.stats.upstream_rq_retry += 1
+        if ctx.metrics is not None:
+            ctx.metrics.metrics.retries.labels(cluster.name).inc()
         if self.try_timer is not None:
             self.try_timer.cancel()
         self.try_timer = ctx.loop.call_later(policy.backoff(self.retries_done - 1, _RNG), self._retry)
         return True
+
+    def overflow(self) -> None:
+        """A circuit breaker limit is reached: 503 UO at once, never a queue."""
+        metrics = self.down.ctx.metrics
+        if metrics is not None and self.cluster is not None:
+            metrics.metrics.circuit_breaker_overflow.labels(self.cluster.name).inc()
+        self.local_reply(503, "UO", extra=OVERLOADED)
 
     def _retry(self) -> None:
         self.try_timer = None
