@@ -237,3 +237,26 @@ def test_ring_hash_keeps_a_key_on_one_endpoint(proxies: Any, upstreams: Any) -> 
             assert len(seen) == 1, (user, seen)
             owners[user] = seen.pop()
     assert len(set(owners.values())) >= 2  # keys spread over the endpoints
+
+
+@pytest.mark.timeout(30)
+def test_deadline_propagates_and_the_next_hop_never_waits_longer(proxies: Any, upstreams: Any) -> None:
+    app = upstreams.start("web")
+    server = proxies.start({"clusters": []}, app=app.port)
+    client_snap = snapshot([server.port("inbound")], {})
+    client_snap["routes"] = [
+        {
+            "name": "web",
+            "parent_kind": "Service",
+            "parent_name": "web",
+            "rules": [{"backends": [{"service": "web"}], "timeout_ms": 800}],
+        }
+    ]
+    client = proxies.start(client_snap)
+    r = httpx.get(client.url() + "/echo", headers={"host": "web"}, timeout=5)
+    assert dict(r.json()["headers"])["x-plait-deadline"] == "800"  # the app sees its budget
+    # The server-side proxy enforces a budget it was given, with no route timeout of its own.
+    started = time.monotonic()
+    r = httpx.get(server.url("inbound") + "/delay?s=3", headers={"host": "web", "x-plait-deadline": "400"}, timeout=10)
+    assert r.status_code == 504 and r.headers["x-plait-response-flags"] == "UT"
+    assert time.monotonic() - started < 2.0

@@ -76,6 +76,15 @@ _RNG = random.Random()
 
 
 OVERLOADED = b"x-plait-overloaded: true\r\n"
+DEADLINE = b"x-plait-deadline"
+
+
+def _deadline_ms(headers: Headers) -> int:
+    """The time budget a previous hop passed on (ms), or 0 for none (or a malformed one)."""
+    for name, value in headers:
+        if name == DEADLINE:
+            return int(value) if value.isdigit() and len(value) < 10 else 0
+    return 0
 # A peer proxy's local replies that prove the request never reached its app.
 _NEVER_SENT = (b"UF", b"UH")
 
@@ -519,12 +528,19 @@ class Stream:
         if lb.kind == "RING_HASH":
             query = self.path.partition(b"?")[2]
             self.hash_key = hash_key(lb, forward, self.down.peer.rpartition(":")[0], query)
+        # Deadline propagation (plait's): the time left travels as `x-plait-deadline` (ms,
+        # relative: no clock skew), and no hop waits longer than what it was given.
+        deadline_ms = _deadline_ms(forward)
+        if decision.timeout_ms and (not deadline_ms or decision.timeout_ms < deadline_ms):
+            deadline_ms = decision.timeout_ms
+            forward = [f for f in forward if f[0] != DEADLINE]
+            forward.append((DEADLINE, b"%d" % deadline_ms))
         self.up_head = request_head_bytes(self.method, self.path, forward)
         if decision.mirrors:
             body = b"".join(self.replay) if self.request_complete and self.replay is not None else None
             mirror_requests(ctx, decision.mirrors, self.method, self.path, forward, body)
-        if decision.timeout_ms:
-            self.timer = ctx.loop.call_later(decision.timeout_ms / 1000, self.on_timeout)
+        if deadline_ms:
+            self.timer = ctx.loop.call_later(deadline_ms / 1000, self.on_timeout)
         self.pick_and_send()
 
     def pick_and_send(self, fresh: bool = False) -> None:
