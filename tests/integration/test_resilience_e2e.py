@@ -260,3 +260,20 @@ def test_deadline_propagates_and_the_next_hop_never_waits_longer(proxies: Any, u
     r = httpx.get(server.url("inbound") + "/delay?s=3", headers={"host": "web", "x-plait-deadline": "400"}, timeout=10)
     assert r.status_code == 504 and r.headers["x-plait-response-flags"] == "UT"
     assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.timeout(30)
+def test_active_health_checks_take_a_failing_endpoint_out(proxies: Any, upstreams: Any) -> None:
+    good = upstreams.start("good")
+    bad = Failing()
+    try:
+        check = {"kind": "http", "path": "/health", "interval_ms": 200, "timeout_ms": 500, "unhealthy_threshold": 2}
+        proxy = proxies.start(snapshot([good.port, bad.port], {"health_check": check}))
+        time.sleep(1.2)  # a few check rounds: the bad endpoint fails twice
+        before = bad.count
+        with httpx.Client(base_url=proxy.url(), headers={"host": "web"}, timeout=5) as c:
+            statuses = [c.get("/x").status_code for _ in range(20)]
+        assert statuses == [200] * 20
+        assert bad.count - before <= 2  # only the health checks themselves reach it now
+    finally:
+        bad.close()

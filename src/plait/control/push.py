@@ -312,15 +312,28 @@ class PushServer:
             pass
         kept: list[Any] = []
         errors: list[str] = []
-        # Routes last: a route is only compilable once the Services and faults it names are in.
-        for resource in sorted(resources, key=lambda x: x.kind in ("HTTPRoute", "GRPCRoute")):
+
+        def keep(batch: list[Any]) -> None:
+            """Keep the batch if it compiles with what is kept, else find the culprits by
+            halving it: a few compiles per refused resource, where trying resources one at a
+            time took one compile each (7 minutes for a mesh of 10,000 Workloads)."""
             try:
-                compile_snapshot([*kept, resource], instances, node, "mesh")
+                compile_snapshot([*kept, *batch], instances, node, "mesh")
             except CompileError as exc:
-                name = f"{resource.kind}/{resource.metadata.namespace}/{resource.metadata.name}"
-                errors.append(f"{name}: {exc}")
-                continue
-            kept.append(resource)
+                if len(batch) == 1:
+                    resource = batch[0]
+                    name = f"{resource.kind}/{resource.metadata.namespace}/{resource.metadata.name}"
+                    errors.append(f"{name}: {exc}")
+                else:
+                    keep(batch[: len(batch) // 2])
+                    keep(batch[len(batch) // 2 :])
+            else:
+                kept.extend(batch)
+
+        # Routes last: a route is only compilable once the Services and faults it names are in.
+        route_kinds = ("HTTPRoute", "GRPCRoute")
+        keep([x for x in resources if x.kind not in route_kinds])
+        keep([x for x in resources if x.kind in route_kinds])
         self.compile_errors = errors
         for line in errors:
             log.warning("not pushed: %s", line)

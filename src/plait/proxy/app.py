@@ -32,6 +32,7 @@ from plait.proxy.health import AppHealthCheck
 from plait.proxy.tap import TapHub
 from plait.proxy.listener import GATEWAY, INBOUND, OUTBOUND, ListenerContext, ProxySettings
 from plait.proxy.runtime import ConfigHolder
+from plait.proxy.upstream import ClusterRuntime, Host, check_host
 from plait.telemetry.accesslog import AccessLog
 from plait.telemetry.exposition import render
 from plait.telemetry.metrics import ProxyMetrics
@@ -208,6 +209,7 @@ class Proxy:
             self.agent = self._make_agent(self.options.control)
             self.spawn(self.agent.run())
         self.spawn(self.jwks.run())
+        self.spawn(self._active_health_checks())
         self._ready = True
 
     def _make_agent(self, control: Address) -> ControlAgent:
@@ -241,6 +243,29 @@ class Proxy:
         """Listening, configured and (with mTLS) holding a certificate."""
         has_identity = self.certs is None or self.certs.identity is not None
         return self._ready and self._configured and has_identity
+
+    async def _active_health_checks(self) -> None:
+        """Check the hosts of clusters that configure it, each at its interval."""
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            outbound = self.contexts.get(OUTBOUND) or self.contexts.get(GATEWAY)
+            for cluster in self.config.current.clusters.values():
+                check = cluster.policy.health_check
+                if check is None or now < cluster.next_check:
+                    continue
+                cluster.next_check = now + check.interval_ms / 1000
+                for host in cluster.hosts:
+                    tls = outbound.upstream_tls(host, cluster)[0] if outbound is not None else None
+                    self.spawn(self._check(cluster, host, tls))
+
+    async def _check(self, cluster: ClusterRuntime, host: Host, tls: ssl.SSLContext | None) -> None:
+        check = cluster.policy.health_check
+        assert check is not None
+        ok = await check_host(host, check.kind, check.path, check.timeout_ms / 1000, tls)
+        state = cluster.checks.get(host)
+        if state is not None and state.observe(ok) is not None:
+            cluster.health_changed()
 
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()

@@ -26,7 +26,7 @@ from plait.proto.errors import ProtocolError
 from plait.proto.h1 import ResponseReader
 from plait.proxy import batching
 from plait.proxy.balance import Balancer, make_balancer, panic_hosts
-from plait.proxy.outlier import OutlierDetector
+from plait.proxy.outlier import HealthCheckState, OutlierDetector
 from plait.proxy.resilience import CircuitBreaker, RetryBudget
 
 if TYPE_CHECKING:
@@ -327,6 +327,9 @@ class ClusterRuntime:
         "detector",
         "panic",
         "_healthy",
+        "checks",
+        "checked_ok",
+        "next_check",
     )
 
     def __init__(
@@ -363,7 +366,21 @@ class ClusterRuntime:
                 self.detector = OutlierDetector(policy.outlier, hosts)
             self.detector.set_hosts(hosts)
         self.panic = False
-        self._healthy: tuple[Host, ...] = hosts
+        # Active health checks (TrafficPolicy healthCheck): one verdict per host, carried over
+        # a config push; `checked_ok` is the hosts not failing them (the same tuple object
+        # until a verdict changes, so the outlier detector's cache keeps working).
+        check = policy.health_check
+        previous_checks = previous.checks if previous is not None and same_policy else {}
+        self.checks: dict[Host, HealthCheckState] = {}
+        if check is not None:
+            for h in hosts:
+                self.checks[h] = previous_checks.get(h) or HealthCheckState(
+                    check.unhealthy_threshold, check.healthy_threshold
+                )
+        self.next_check = 0.0
+        self.checked_ok: tuple[Host, ...] = hosts
+        self.health_changed()
+        self._healthy: tuple[Host, ...] = self.checked_ok
         self.balancer: Balancer = self._balancer(hosts, previous.balancer if previous else None)
 
     def _balancer(self, hosts: tuple[Host, ...], inherit: object) -> Balancer:
@@ -377,10 +394,16 @@ class ClusterRuntime:
         hosts = tuple(registry.host_for(e) for e in cluster.endpoints if e.healthy)
         return cls(cluster.name, cluster.namespace, hosts, cluster.policy, previous)
 
+    def health_changed(self) -> None:
+        """Recompute the hosts that pass their active health checks (after a verdict change)."""
+        if self.checks:
+            self.checked_ok = tuple(h for h in self.hosts if self.checks[h].healthy)
+
     def pick(self, avoid: tuple[Host, ...] = (), key: bytes | None = None) -> Host | None:
         detector = self.detector
-        if detector is not None:
-            healthy = detector.healthy(self.hosts, monotonic())
+        base = self.checked_ok
+        if detector is not None or base is not self._healthy:
+            healthy = detector.healthy(base, monotonic()) if detector is not None else base
             if healthy is not self._healthy:
                 # Ejections changed: balance over the healthy hosts, or over all of them
                 # when too few are healthy (panic mode: degraded beats down).
@@ -408,3 +431,25 @@ class ClusterRuntime:
         }
 
 
+
+
+async def check_host(host: Host, kind: str, path: str, timeout: float, tls: ssl.SSLContext | None) -> bool:
+    """One active health check: a TCP connect, or an HTTP GET whose status is 2xx/3xx."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(
+                host.address, host.port, ssl=tls, server_hostname="" if tls else None
+            )
+            try:
+                if kind != "http":
+                    return True
+                writer.write(
+                    f"GET {path} HTTP/1.1\r\nHost: {host.label}\r\nUser-Agent: plait-health\r\n"
+                    "Connection: close\r\n\r\n".encode()
+                )
+                parts = (await reader.readline()).split()
+                return len(parts) >= 2 and parts[1][:1] in (b"2", b"3")
+            finally:
+                writer.close()
+    except (OSError, TimeoutError, ValueError):
+        return False
