@@ -41,3 +41,14 @@ def test_sampling_keeps_errors_and_a_fraction_of_successes(proxies: Any, upstrea
     assert entry["status"] == 404
     time.sleep(1.2)  # one more flush
     assert not [e for e in proxy.access_log_entries() if e.get("path") == "/ok"]
+
+
+def test_prometheus_port_serves_istio_metrics_only(proxies: Any, upstreams: Any) -> None:
+    app = upstreams.start("web")
+    proxy = proxies.start(snapshot(app.port), "--prometheus", "127.0.0.1:0")
+    assert httpx.get(proxy.url() + "/x", headers={"host": "web:9080"}).status_code == 200
+    scrape = proxy.url("prometheus")
+    text = httpx.get(scrape + "/stats/prometheus").text
+    assert 'istio_requests_total{reporter="source"' in text and 'response_code="200"' in text
+    assert "istio_request_duration_milliseconds_bucket" in text
+    assert httpx.get(scrape + "/config_dump").status_code == 404

@@ -30,8 +30,11 @@ class AdminServer:
         config_dump: Callable[[], dict[str, Any]],
         prometheus: Callable[[], bytes] | None = None,
         tap: TapHub | None = None,
+        metrics_only: bool = False,
     ) -> None:
         self._tap = tap
+        # The Prometheus port (15090) serves only metrics: scrapers need no config dumps or taps.
+        self._metrics_only = metrics_only
         self._ready = ready
         self._stats = stats
         self._config_dump = config_dump
@@ -46,7 +49,7 @@ class AdminServer:
             return
         line = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
         path = line[1] if len(line) >= 2 else "/"
-        if self._tap is not None and path.partition("?")[0] == "/tap":
+        if self._tap is not None and not self._metrics_only and path.partition("?")[0] == "/tap":
             await serve_tap(self._tap, path.partition("?")[2], reader, writer)  # until they go
             return
         status, content_type, body = self.respond(line[0], path)
@@ -61,6 +64,8 @@ class AdminServer:
 
     def respond(self, method: str, target: str) -> tuple[int, str, bytes]:
         path, _, query = target.partition("?")
+        if self._metrics_only and path != "/stats/prometheus":
+            return 404, "text/plain", b"only /stats/prometheus is served here\n"
         if path == "/ready":
             ok = self._ready()
             return (200 if ok else 503), "text/plain", b"LIVE\n" if ok else b"NOT READY\n"

@@ -53,6 +53,9 @@ class ProxyOptions:
     inbound: Address | None = ("127.0.0.1", 15006)
     gateway: Address | None = None
     admin: Address | None = ("127.0.0.1", 15000)
+    # Istio's Prometheus port (15090) serving /stats/prometheus only; off unless asked for,
+    # since several proxies share a host in local runs (the admin port serves it too).
+    prometheus: Address | None = None
     app: Address | None = None
     settings: ProxySettings = field(default_factory=ProxySettings)
     access_log: str = "-"  # "-" stdout, a path, or "off"
@@ -199,6 +202,14 @@ class Proxy:
             server = await asyncio.start_server(admin.handle, *self.options.admin)
             self.servers.append(server)
             self.addresses["admin"] = server.sockets[0].getsockname()[:2]
+        if self.options.prometheus is not None:
+            scrape = AdminServer(
+                lambda: True, self.stats, self.config_dump, lambda: render(self.metrics.registry),
+                metrics_only=True,
+            )
+            server = await asyncio.start_server(scrape.handle, *self.options.prometheus)
+            self.servers.append(server)
+            self.addresses["prometheus"] = server.sockets[0].getsockname()[:2]
         self.spawn(self._tick())
         if self.exporter is not None:
             self.exporter.start()

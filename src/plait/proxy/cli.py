@@ -88,6 +88,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="inbound listener for calls to the app (default 127.0.0.1:15006)")
     p.add_argument("--admin", type=parse_address, default=("127.0.0.1", 15000), metavar="ADDR",
                    help="admin listener: /ready /config_dump /stats (default 127.0.0.1:15000)")
+    p.add_argument("--prometheus", type=parse_address, default=None, metavar="ADDR",
+                   help="also serve /stats/prometheus alone here (Istio: 0.0.0.0:15090)")
     p.add_argument("--gateway-listen", type=parse_address, default=("0.0.0.0", 8080), metavar="ADDR",
                    help="gateway mode: listener for outside traffic (default 0.0.0.0:8080)")
     p.add_argument("--app", type=parse_address, default=None, metavar="ADDR",
@@ -164,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         inbound=args.inbound,
         gateway=args.gateway_listen,
         admin=args.admin,
+        prometheus=args.prometheus,
         app=args.app,
         settings=ProxySettings(
             header_timeout=args.header_timeout,
