@@ -755,7 +755,10 @@ class Stream:
         conn = self.upstream
         self.upstream = None
         if conn is not None:
-            if self.up_keep_alive and self.request_complete and self.host is not None:
+            conn.served += 1
+            cluster = self.cluster
+            reuse = cluster is None or cluster.breaker.reuse_connection(conn.served)  # maxRequestsPerConnection
+            if reuse and self.up_keep_alive and self.request_complete and self.host is not None:
                 self.host.put_idle(conn, self.down.ctx.loop.time())
             else:
                 conn.close()

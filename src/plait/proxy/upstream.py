@@ -57,6 +57,7 @@ class UpstreamConnection(batching.BatchedWriter, asyncio.Protocol):
         "got_bytes",
         "out",
         "breaker",
+        "served",
     )
 
     def __init__(self, host: Host) -> None:
@@ -71,6 +72,7 @@ class UpstreamConnection(batching.BatchedWriter, asyncio.Protocol):
         self.got_bytes = False
         self.out: list[bytes] = []  # writes batched during one socket event (see batching)
         self.breaker: CircuitBreaker | None = None  # whose maxConnections slot it holds
+        self.served = 0  # requests answered on it (maxRequestsPerConnection)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
