@@ -326,3 +326,36 @@ def test_least_request_avoids_an_endpoint_holding_stuck_requests(proxies: Any, u
             t.join()
     finally:
         stuck.close()
+
+
+@pytest.mark.timeout(60)
+def test_killing_one_of_three_endpoints_under_traffic_costs_retries_not_errors(
+    proxies: Any, upstreams: Any
+) -> None:
+    apps = [upstreams.start(f"app{i}") for i in range(3)]
+    # Outlier detection on gateway errors (connect failures count) takes the dead one out.
+    policy = {"outlier": {"consecutive_gateway_errors": 3, "interval_ms": 500, "max_ejection_percent": 34}}
+    proxy = proxies.start(snapshot([a.port for a in apps], policy))
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(base_url=proxy.url(), headers={"host": "web"}, timeout=5) as c:
+            while not stop.is_set():
+                try:
+                    statuses.append(c.get("/x").status_code)
+                except httpx.HTTPError:
+                    statuses.append(0)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    apps[2].close()  # the endpoint dies: its keep-alive connections reset, connects refused
+    time.sleep(3.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    ok = statuses.count(200)
+    assert len(statuses) > 500
+    assert ok / len(statuses) >= 0.999, (len(statuses), len(statuses) - ok)
