@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import multiprocessing as mp
@@ -90,7 +91,10 @@ class ControlPlane:
         with open(self.log, "wb") as out:
             self.popen = subprocess.Popen(
                 [
-                    sys.executable, "-m", "plait", "control",
+                    sys.executable,
+                    "-m",
+                    "plait",
+                    "control",
                     f"--data-dir={data_dir}",
                     f"--api={self.api.removeprefix('http://')}",
                     f"--push={self.push[0]}:{self.push[1]}",
@@ -271,8 +275,13 @@ class Client(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's SSL transport
-        node = {"name": self.name, "service": "bench", "namespace": NAMESPACE,
-                "labels": {"app": "bench"}, "gateway": ""}
+        node = {
+            "name": self.name,
+            "service": "bench",
+            "namespace": NAMESPACE,
+            "labels": {"app": "bench"},
+            "gateway": "",
+        }
         transport.write(wire.encode(wire.hello(node, {}, None, "", "unknown")))
         loop = asyncio.get_running_loop()
         loop.call_later(random.uniform(0, HEARTBEAT), self.heartbeat)
@@ -337,7 +346,9 @@ class Client(asyncio.Protocol):
 class Worker:
     """Runs `count` clients in one process; obeys commands from the bench over a Pipe."""
 
-    def __init__(self, index: int, count: int, push: tuple[str, int], ca_dir: Path, conn: Any) -> None:
+    def __init__(
+        self, index: int, count: int, push: tuple[str, int], ca_dir: Path, conn: Any
+    ) -> None:
         self.index = index
         self.count = count
         self.push = push
@@ -385,7 +396,9 @@ class Worker:
             async with gate:
                 client = Client(self, f"bench-{self.index}-{i:04d}")
                 self.clients.append(client)
-                await loop.create_connection(lambda: client, *self.push, ssl=ctx, server_hostname="")
+                await loop.create_connection(
+                    lambda: client, *self.push, ssl=ctx, server_hostname=""
+                )
                 await client.ready
 
         started = time.monotonic()
@@ -424,7 +437,13 @@ class Worker:
         if self.index != 0 or not self.clients:
             return None
         state = self.clients[0].state
-        node = {"name": "x", "service": "bench", "namespace": NAMESPACE, "labels": {}, "gateway": ""}
+        node = {
+            "name": "x",
+            "service": "bench",
+            "namespace": NAMESPACE,
+            "labels": {},
+            "gateway": "",
+        }
         started = time.perf_counter()
         Snapshot.from_dict(state.to_snapshot_dict(node))
         return (time.perf_counter() - started) * 1e3
@@ -462,10 +481,8 @@ class Bench:
 
     def close(self) -> None:
         for pipe in self.pipes:
-            try:
+            with contextlib.suppress(OSError):  # a worker that died closed its end
                 pipe.send(("stop",))
-            except OSError:
-                pass
         for proc in self.procs:
             proc.join(10)
             if proc.is_alive():
@@ -534,7 +551,9 @@ class Bench:
             flush=True,
         )
 
-    def change(self, label: str, documents: list[dict[str, Any]], spec: tuple[Any, ...]) -> dict[str, Any]:
+    def change(
+        self, label: str, documents: list[dict[str, Any]], spec: tuple[Any, ...]
+    ) -> dict[str, Any]:
         """Apply one change; per-client latency from the API's 200 to the ACK containing it."""
         self.ask(("watch", spec), 30)
         time.sleep(0.3)  # let the watch settle; heartbeats keep flowing
@@ -562,7 +581,8 @@ class Bench:
         }
         p = percentiles(latencies) if latencies else {}
         print(
-            f"{label}: " + " ".join(f"{k} {v * 1e3:.0f} ms" for k, v in p.items())
+            f"{label}: "
+            + " ".join(f"{k} {v * 1e3:.0f} ms" for k, v in p.items())
             + f"  missing {missing}  shapes {dict(shapes)}  control-plane CPU {result['cpu_s']:.2f} s"
             + f"  RSS peak {peak / 1024:.0f} MiB",
             flush=True,
@@ -586,14 +606,18 @@ class Bench:
         )
         self.change("warm-up (route created)", [route(1000)], ("route_timeout", ROUTE_KEY, 1000))
         routes = [
-            self.change(f"route change {k}", [route(1000 + k)], ("route_timeout", ROUTE_KEY, 1000 + k))
+            self.change(
+                f"route change {k}", [route(1000 + k)], ("route_timeout", ROUTE_KEY, 1000 + k)
+            )
             for k in range(1, a.trials + 1)
         ]
         endpoints = []
         for k in range(1, a.trials + 1):
             name = f"added-{k}"
             doc = workload(name, 1, a.endpoints + k)
-            endpoints.append(self.change(f"endpoint change {k}", [doc], ("endpoint", ENDPOINT_KEY, name)))
+            endpoints.append(
+                self.change(f"endpoint change {k}", [doc], ("endpoint", ENDPOINT_KEY, name))
+            )
         return {
             "rss_populated_kib": rss_populated,
             "rss_setup_kib": rss_setup,
@@ -606,7 +630,10 @@ class Bench:
 
 def summarize(args: argparse.Namespace, results: dict[str, Any]) -> str:
     lines = []
-    for label, key in (("route change (one HTTPRoute)", "routes"), ("endpoint change (one Workload)", "endpoints")):
+    for label, key in (
+        ("route change (one HTTPRoute)", "routes"),
+        ("endpoint change (one Workload)", "endpoints"),
+    ):
         runs = results[key]
         all_latencies = [x for r in runs for x in r["latencies"]]
         p = percentiles(all_latencies)
@@ -630,6 +657,10 @@ def summarize(args: argparse.Namespace, results: dict[str, Any]) -> str:
         f"{results['hwm_kib'] / 1024:.0f} MiB high-water mark (VmHWM, includes the initial "
         f"full-snapshot fan-out)"
     )
+    lines.append(
+        f"- load average (1 min) before / after: {results['load'][0]:.2f} / {results['load'][1]:.2f}"
+        " (other work on the machine slows every figure)"
+    )
     if results["validate_ms"] is not None:
         lines.append(
             f"- not in the figures: a real proxy validates the whole state "
@@ -639,13 +670,19 @@ def summarize(args: argparse.Namespace, results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--proxies", type=int, default=1000)
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--endpoints", type=int, default=10000)
-    parser.add_argument("--workers", type=int, default=0, help="client processes (default: 2-4, 500 clients each)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="client processes (default: 2-4, 500 clients each)"
+    )
     parser.add_argument("--trials", type=int, default=5, help="changes of each kind (default 5)")
-    parser.add_argument("--grace", type=float, default=5.0, help="heartbeat grace of the control plane")
+    parser.add_argument(
+        "--grace", type=float, default=5.0, help="heartbeat grace of the control plane"
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data dir and log")
     args = parser.parse_args()
@@ -653,18 +690,24 @@ def main() -> None:
         parser.error("--services: at least 3")
     if not args.workers:
         args.workers = max(2, min(4, math.ceil(args.proxies / 500)))
+    load_before = os.getloadavg()[0]
     bench = Bench(args)
     print(f"control plane pid {bench.cp.pid}, data dir {bench.tmp}", flush=True)
     try:
         results = bench.run()
     finally:
         bench.close()
+    results["load"] = (load_before, os.getloadavg()[0])
     print()
-    print(f"`python -m bench.convergence --proxies {args.proxies} --services {args.services} "
-          f"--endpoints {args.endpoints}`:")
+    print(
+        f"`python -m bench.convergence --proxies {args.proxies} --services {args.services} "
+        f"--endpoints {args.endpoints}`:"
+    )
     print(summarize(args, results))
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, **results}, default=str))
+        args.json.write_text(
+            json.dumps({"args": vars(args) | {"json": str(args.json)}, **results}, default=str)
+        )
 
 
 if __name__ == "__main__":

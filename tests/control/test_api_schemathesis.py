@@ -62,10 +62,15 @@ CHECKS = {
 @pytest.fixture(scope="module")
 def live() -> Iterator[LiveApi]:
     proxies = [{"name": "reviews-v1-0", "service": "reviews", "behind": 0}]
+
     def token(service: str, namespace: str, ttl: float, account: str | None) -> dict[str, str]:
         sa = account or service
         spiffe = f"spiffe://cluster.local/ns/{namespace}/sa/{sa}"
-        return {"token": "plait-join.x.y", "spiffeId": spiffe, "expiresAt": "2030-01-01T00:00:00+00:00"}
+        return {
+            "token": "plait-join.x.y",
+            "spiffeId": spiffe,
+            "expiresAt": "2030-01-01T00:00:00+00:00",
+        }
 
     with LiveApi(proxies=lambda: proxies, tokens=token) as api:
         # Something to read, so that gets, lists and deletes also meet existing resources.

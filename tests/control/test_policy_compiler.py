@@ -207,7 +207,10 @@ def test_jwt_rules_with_defaults_and_named_locations() -> None:
             f"{{issuer: x, jwksUri: 'https://x/k', jwks: '{JWKS}'}}",
             "set exactly one of jwks and jwksUri",
         ),
-        ("{issuer: x, jwksUri: 'ftp://host/k'}", "jwksUri must be an http://, https:// or file:// URL"),
+        (
+            "{issuer: x, jwksUri: 'ftp://host/k'}",
+            "jwksUri must be an http://, https:// or file:// URL",
+        ),
         ("{issuer: x, jwks: 'not json'}", "not valid JSON"),
         ("{issuer: x, jwks: '{}'}", 'a JWKS is a JSON object with a "keys" list'),
         ("{issuer: x, jwksUri: 'https://x/k', fromHeader: []}", "unknown field"),

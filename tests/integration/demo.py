@@ -27,7 +27,11 @@ class Demo:
 
     def plait(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "plait", *args], env=self.env, capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "plait", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
 
 
@@ -37,9 +41,25 @@ def running_demo(tmp_path: Path, mesh: Path = MESH) -> Iterator[Demo]:
     env.pop("PLAIT_SERVER", None)
     env.pop("PLAIT_TOKEN", None)
     up = subprocess.Popen(
-        [sys.executable, "-m", "plait", "up", str(mesh), "--gateway-port", "0", "--no-table",
-         "--run-dir", str(tmp_path / "run"), "--control-port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "plait",
+            "up",
+            str(mesh),
+            "--gateway-port",
+            "0",
+            "--no-table",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--control-port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=tmp_path,
     )
     lines: list[str] = []
     try:

@@ -10,14 +10,22 @@ import httpx
 
 
 def snapshot(port: int) -> dict[str, Any]:
-    return {"clusters": [{"name": "web", "ports": [9080], "endpoints": [{"address": "127.0.0.1", "port": port}]}]}
+    return {
+        "clusters": [
+            {"name": "web", "ports": [9080], "endpoints": [{"address": "127.0.0.1", "port": port}]}
+        ]
+    }
 
 
 def test_a_success_line_has_every_field(proxies: Any, upstreams: Any) -> None:
     app = upstreams.start("web")
     proxy = proxies.start(snapshot(app.port), "--access-log-sample", "1")
     parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-    r = httpx.post(proxy.url() + "/orders?id=7", content=b"12345", headers={"host": "web:9080", "traceparent": parent})
+    r = httpx.post(
+        proxy.url() + "/orders?id=7",
+        content=b"12345",
+        headers={"host": "web:9080", "traceparent": parent},
+    )
     assert r.status_code == 200
     entry = proxy.wait_for_log(lambda e: e.get("path") == "/orders?id=7")
     assert entry["method"] == "POST" and entry["authority"] == "web:9080"

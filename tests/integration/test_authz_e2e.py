@@ -156,6 +156,7 @@ def test_allow_nothing_denies_every_caller_with_rbac_403(bookinfo: Bookinfo) -> 
             assert denied(reply), (caller, reply)
         assert denied(bookinfo.call("productpage", method="POST"))
     assert served(bookinfo.call("productpage"))
+
     # The denials are in the callee proxy's access log, with the flag and the caller's identity.
     def rbac_lines() -> list[dict[str, Any]]:
         lines = [json.loads(x) for x in bookinfo.access_log.read_text().splitlines() if x]

@@ -30,7 +30,9 @@ def test_ca_rotation_under_traffic_drops_no_request(tmp_path: Path) -> None:
         _, server = mesh.proxy("web-0", "web", "app=web", app_port=app_port)
         _, client = mesh.proxy("client-0", "client", "app=client")
         wait_until(lambda: mesh.converged({"web-0", "client-0"}), 15, "convergence")
-        before = {name: certificate(p["admin"]) for name, p in (("web", server), ("client", client))}
+        before = {
+            name: certificate(p["admin"]) for name, p in (("web", server), ("client", client))
+        }
         assert all(c["trusted_roots"] == 1 for c in before.values())
 
         traffic = Traffic(client["outbound"])
@@ -47,7 +49,9 @@ def test_ca_rotation_under_traffic_drops_no_request(tmp_path: Path) -> None:
             # Every proxy renews from the new root and trusts both roots.
             for name, p in (("web", server), ("client", client)):
                 wait_until(
-                    lambda p=p, name=name: certificate(p["admin"])["issuer_key_id"] != before[name]["issuer_key_id"],
+                    lambda p=p, name=name: (
+                        certificate(p["admin"])["issuer_key_id"] != before[name]["issuer_key_id"]
+                    ),
                     15,
                     f"{name} renewed from the new root",
                 )
@@ -56,7 +60,9 @@ def test_ca_rotation_under_traffic_drops_no_request(tmp_path: Path) -> None:
             assert [r["state"] for r in roots] == ["previous", "signing"]
             # Fresh connections (new certificates both sides) keep working.
             mark = time.monotonic()
-            wait_until(lambda: len([r for r in traffic.results if r[0] > mark]) > 50, 10, "traffic after")
+            wait_until(
+                lambda: len([r for r in traffic.results if r[0] > mark]) > 50, 10, "traffic after"
+            )
         finally:
             traffic.stop()
         assert traffic.failures() == []

@@ -45,7 +45,9 @@ class Failing:
 def prometheus(proxy: Any, name: str) -> float:
     """The value of a (one-cluster) metric in the proxy's Prometheus exposition."""
     text = httpx.get(proxy.url("admin") + "/stats/prometheus").text
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")]
+    values = [
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{")
+    ]
     return sum(values)
 
 
@@ -86,7 +88,9 @@ def test_breaker_overflow_is_immediate_503_uo(proxies: Any, upstreams: Any) -> N
 
 
 @pytest.mark.timeout(40)
-def test_5xx_endpoint_is_ejected_and_returns_after_its_ejection_time(proxies: Any, upstreams: Any) -> None:
+def test_5xx_endpoint_is_ejected_and_returns_after_its_ejection_time(
+    proxies: Any, upstreams: Any
+) -> None:
     good = upstreams.start("good")
     bad = Failing()
     try:
@@ -147,7 +151,9 @@ def test_retry_on_5xx_reaches_a_healthy_endpoint_and_never_repeats_a_post(
         with httpx.Client(base_url=proxy.url(), headers={"host": "web"}, timeout=5) as c:
             gets = [c.get("/x") for _ in range(30)]
             assert [r.status_code for r in gets] == [200] * 30
-            retried = [r for r in gets if dict(r.json()["headers"]).get("x-plait-attempt-count") == "2"]
+            retried = [
+                r for r in gets if dict(r.json()["headers"]).get("x-plait-attempt-count") == "2"
+            ]
             assert retried, "some GETs met the failing endpoint first and were retried"
             assert prometheus(proxy, "plait_retries_total") >= len(retried)
             before = bad.count
@@ -164,7 +170,10 @@ def test_retry_on_5xx_reaches_a_healthy_endpoint_and_never_repeats_a_post(
 def test_retry_budget_bounds_attempts_when_everything_fails(proxies: Any) -> None:
     bad = Failing()
     try:
-        snap = snapshot([bad.port], {"retry_budget": {"retry_ratio": 0.2, "min_retries_per_second": 2, "ttl_ms": 10000}})
+        snap = snapshot(
+            [bad.port],
+            {"retry_budget": {"retry_ratio": 0.2, "min_retries_per_second": 2, "ttl_ms": 10000}},
+        )
         snap["routes"] = [RETRY_ROUTE]
         proxy = proxies.start(snap)
         requests = 100
@@ -240,7 +249,9 @@ def test_ring_hash_keeps_a_key_on_one_endpoint(proxies: Any, upstreams: Any) -> 
 
 
 @pytest.mark.timeout(30)
-def test_deadline_propagates_and_the_next_hop_never_waits_longer(proxies: Any, upstreams: Any) -> None:
+def test_deadline_propagates_and_the_next_hop_never_waits_longer(
+    proxies: Any, upstreams: Any
+) -> None:
     app = upstreams.start("web")
     server = proxies.start({"clusters": []}, app=app.port)
     client_snap = snapshot([server.port("inbound")], {})
@@ -257,7 +268,11 @@ def test_deadline_propagates_and_the_next_hop_never_waits_longer(proxies: Any, u
     assert dict(r.json()["headers"])["x-plait-deadline"] == "800"  # the app sees its budget
     # The server-side proxy enforces a budget it was given, with no route timeout of its own.
     started = time.monotonic()
-    r = httpx.get(server.url("inbound") + "/delay?s=3", headers={"host": "web", "x-plait-deadline": "400"}, timeout=10)
+    r = httpx.get(
+        server.url("inbound") + "/delay?s=3",
+        headers={"host": "web", "x-plait-deadline": "400"},
+        timeout=10,
+    )
     assert r.status_code == 504 and r.headers["x-plait-response-flags"] == "UT"
     assert time.monotonic() - started < 2.0
 
@@ -267,7 +282,13 @@ def test_active_health_checks_take_a_failing_endpoint_out(proxies: Any, upstream
     good = upstreams.start("good")
     bad = Failing()
     try:
-        check = {"kind": "http", "path": "/health", "interval_ms": 200, "timeout_ms": 500, "unhealthy_threshold": 2}
+        check = {
+            "kind": "http",
+            "path": "/health",
+            "interval_ms": 200,
+            "timeout_ms": 500,
+            "unhealthy_threshold": 2,
+        }
         proxy = proxies.start(snapshot([good.port, bad.port], {"health_check": check}))
         time.sleep(1.2)  # a few check rounds: the bad endpoint fails twice
         before = bad.count
@@ -279,21 +300,36 @@ def test_active_health_checks_take_a_failing_endpoint_out(proxies: Any, upstream
         bad.close()
 
 
-def test_max_requests_per_connection_recycles_upstream_connections(proxies: Any, upstreams: Any) -> None:
+def test_max_requests_per_connection_recycles_upstream_connections(
+    proxies: Any, upstreams: Any
+) -> None:
     app = upstreams.start("web")
-    proxy = proxies.start(snapshot([app.port], {"connection_pool": {"max_requests_per_connection": 2}}))
+    proxy = proxies.start(
+        snapshot([app.port], {"connection_pool": {"max_requests_per_connection": 2}})
+    )
     with httpx.Client(base_url=proxy.url(), headers={"host": "web"}, timeout=5) as c:
         for _ in range(6):
             assert c.get("/x").status_code == 200
     assert app.connections == 3  # 2 requests per upstream connection
 
 
-def test_fallback_service_answers_when_a_service_has_no_endpoint(proxies: Any, upstreams: Any) -> None:
+def test_fallback_service_answers_when_a_service_has_no_endpoint(
+    proxies: Any, upstreams: Any
+) -> None:
     backup = upstreams.start("backup")
     snap = {
         "clusters": [
-            {"name": "web", "ports": [9080], "endpoints": [], "policy": {"fallback": {"name": "backup"}}},
-            {"name": "backup", "ports": [9080], "endpoints": [{"address": "127.0.0.1", "port": backup.port}]},
+            {
+                "name": "web",
+                "ports": [9080],
+                "endpoints": [],
+                "policy": {"fallback": {"name": "backup"}},
+            },
+            {
+                "name": "backup",
+                "ports": [9080],
+                "endpoints": [{"address": "127.0.0.1", "port": backup.port}],
+            },
         ]
     }
     proxy = proxies.start(snap)
@@ -302,14 +338,20 @@ def test_fallback_service_answers_when_a_service_has_no_endpoint(proxies: Any, u
 
 
 @pytest.mark.timeout(60)
-def test_least_request_avoids_an_endpoint_holding_stuck_requests(proxies: Any, upstreams: Any) -> None:
+def test_least_request_avoids_an_endpoint_holding_stuck_requests(
+    proxies: Any, upstreams: Any
+) -> None:
     apps = [upstreams.start(f"app{i}") for i in range(2)]
     stuck = Slow(5.0)
     try:
-        proxy = proxies.start(snapshot([apps[0].port, apps[1].port, stuck.port], {}))  # LEAST_REQUEST
+        proxy = proxies.start(
+            snapshot([apps[0].port, apps[1].port, stuck.port], {})
+        )  # LEAST_REQUEST
         # Pin requests on the stuck endpoint: each waits 5 s there.
         hung = [
-            threading.Thread(target=lambda: httpx.get(proxy.url() + "/x", headers={"host": "web"}, timeout=10))
+            threading.Thread(
+                target=lambda: httpx.get(proxy.url() + "/x", headers={"host": "web"}, timeout=10)
+            )
             for _ in range(6)
         ]
         for t in hung:
@@ -334,7 +376,9 @@ def test_killing_one_of_three_endpoints_under_traffic_costs_retries_not_errors(
 ) -> None:
     apps = [upstreams.start(f"app{i}") for i in range(3)]
     # Outlier detection on gateway errors (connect failures count) takes the dead one out.
-    policy = {"outlier": {"consecutive_gateway_errors": 3, "interval_ms": 500, "max_ejection_percent": 34}}
+    policy = {
+        "outlier": {"consecutive_gateway_errors": 3, "interval_ms": 500, "max_ejection_percent": 34}
+    }
     proxy = proxies.start(snapshot([a.port for a in apps], policy))
     statuses: list[int] = []
     stop = threading.Event()

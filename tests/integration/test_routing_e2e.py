@@ -89,8 +89,12 @@ spec:
 def routed(proxies: Any, upstreams: Any) -> Any:
     v1, v2, shadow = upstreams.start("v1"), upstreams.start("v2"), upstreams.start("shadow")
     instances = [
-        Instance("web-v1-0", "web", "default", {"app": "web", "version": "v1"}, "127.0.0.1", v1.port),
-        Instance("web-v2-0", "web", "default", {"app": "web", "version": "v2"}, "127.0.0.1", v2.port),
+        Instance(
+            "web-v1-0", "web", "default", {"app": "web", "version": "v1"}, "127.0.0.1", v1.port
+        ),
+        Instance(
+            "web-v2-0", "web", "default", {"app": "web", "version": "v2"}, "127.0.0.1", v2.port
+        ),
         Instance("shadow-0", "shadow", "default", {"app": "shadow"}, "127.0.0.1", shadow.port),
     ]
     resources = parse_resources(SERVICES + "---" + ROUTES, "routes.yaml")

@@ -27,7 +27,9 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 request = ExportTraceServiceRequest.FromString(body)
                 for resource_spans in request.resource_spans:
-                    service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+                    service = {
+                        a.key: a.value.string_value for a in resource_spans.resource.attributes
+                    }
                     for scope in resource_spans.scope_spans:
                         spans.extend((service.get("service.name"), s) for s in scope.spans)
                 self.send_response(200)
@@ -43,7 +45,9 @@ class Receiver:
 
 
 @pytest.mark.timeout(60)
-def test_a_trace_through_two_proxies_reaches_the_collector_with_parent_links(proxies: Any, upstreams: Any) -> None:
+def test_a_trace_through_two_proxies_reaches_the_collector_with_parent_links(
+    proxies: Any, upstreams: Any
+) -> None:
     receiver = Receiver()
     try:
         app = upstreams.start("web")
@@ -53,7 +57,11 @@ def test_a_trace_through_two_proxies_reaches_the_collector_with_parent_links(pro
         client_snapshot = {
             "node": {"name": "client-0", "service": "client"},
             "clusters": [
-                {"name": "web", "ports": [9080], "endpoints": [{"address": "127.0.0.1", "port": server.port("inbound")}]}
+                {
+                    "name": "web",
+                    "ports": [9080],
+                    "endpoints": [{"address": "127.0.0.1", "port": server.port("inbound")}],
+                }
             ],
         }
         client = proxies.start(client_snapshot, *trace)

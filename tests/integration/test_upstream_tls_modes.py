@@ -18,7 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def _cert(subject: str, issuer_key: Any, issuer: x509.Name | None, key: Any, ca: bool, dns: str | None) -> x509.Certificate:
+def _cert(
+    subject: str, issuer_key: Any, issuer: x509.Name | None, key: Any, ca: bool, dns: str | None
+) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     builder = (
@@ -32,7 +34,9 @@ def _cert(subject: str, issuer_key: Any, issuer: x509.Name | None, key: Any, ca:
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
     if dns:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False
+        )
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -43,7 +47,11 @@ def tls_server(tmp: Path) -> tuple[int, Path, ThreadingHTTPServer]:
     (tmp / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (tmp / "leaf.pem").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
     (tmp / "key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
     )
 
     class Handler(BaseHTTPRequestHandler):
@@ -70,7 +78,16 @@ def test_simple_tls_to_a_server_outside_the_mesh(proxies: Any, tmp_path: Path) -
     port, ca_file, server = tls_server(tmp_path)
     try:
         policy = {"tls_mode": "SIMPLE", "ca_file": str(ca_file), "sni": "db.example"}
-        snap = {"clusters": [{"name": "db", "ports": [80], "endpoints": [{"address": "127.0.0.1", "port": port}], "policy": policy}]}
+        snap = {
+            "clusters": [
+                {
+                    "name": "db",
+                    "ports": [80],
+                    "endpoints": [{"address": "127.0.0.1", "port": port}],
+                    "policy": policy,
+                }
+            ]
+        }
         proxy = proxies.start(snap)
         r = httpx.get(proxy.url() + "/", headers={"host": "db"}, timeout=5)
         assert r.status_code == 200 and r.text == "tls"
@@ -83,10 +100,25 @@ def test_simple_tls_to_a_server_outside_the_mesh(proxies: Any, tmp_path: Path) -
         server.shutdown()
 
 
-def test_disable_sends_plaintext_even_to_an_endpoint_with_an_identity(proxies: Any, upstreams: Any) -> None:
+def test_disable_sends_plaintext_even_to_an_endpoint_with_an_identity(
+    proxies: Any, upstreams: Any
+) -> None:
     app = upstreams.start("web")
-    endpoint = {"address": "127.0.0.1", "port": app.port, "identity": "spiffe://cluster.local/ns/default/sa/web"}
-    snap = {"clusters": [{"name": "web", "ports": [80], "endpoints": [endpoint], "policy": {"tls_mode": "DISABLE"}}]}
+    endpoint = {
+        "address": "127.0.0.1",
+        "port": app.port,
+        "identity": "spiffe://cluster.local/ns/default/sa/web",
+    }
+    snap = {
+        "clusters": [
+            {
+                "name": "web",
+                "ports": [80],
+                "endpoints": [endpoint],
+                "policy": {"tls_mode": "DISABLE"},
+            }
+        ]
+    }
     proxy = proxies.start(snap)
     r = httpx.get(proxy.url() + "/x", headers={"host": "web"}, timeout=5)
     assert r.status_code == 200 and r.json()["server"] == "web"

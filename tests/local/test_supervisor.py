@@ -348,7 +348,17 @@ def test_plait_up_serves_the_mesh_and_sigint_leaves_no_process(tmp_path: Path) -
     (tmp_path / "mesh.yaml").write_text(MESH)
     (tmp_path / "hello.txt").write_text("hello through the mesh\n")  # the apps serve their cwd
     up = subprocess.Popen(
-        (sys.executable, "-m", "plait", "up", "mesh.yaml", "--run-dir=run", "--gateway-port=0", "--control-port=0", "--no-cli-settings"),
+        (
+            sys.executable,
+            "-m",
+            "plait",
+            "up",
+            "mesh.yaml",
+            "--run-dir=run",
+            "--gateway-port=0",
+            "--control-port=0",
+            "--no-cli-settings",
+        ),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

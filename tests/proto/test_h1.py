@@ -61,7 +61,9 @@ def test_chunked_request_is_dechunked_and_trailers_dropped() -> None:
 
 
 def test_pipelined_requests_come_out_in_order() -> None:
-    events = RequestReader().feed(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n")
+    events = RequestReader().feed(
+        b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
     heads = [e.target for e in events if isinstance(e, RequestHead)]
     assert heads == [b"/1", b"/2"]
     assert events.count(END_OF_STREAM) == 2
@@ -134,7 +136,11 @@ def test_response_with_length() -> None:
     reader = ResponseReader()
     reader.expect(b"GET")
     events = reader.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
-    assert isinstance(events[0], ResponseHead) and events[0].status == 200 and events[0].framing == LENGTH
+    assert (
+        isinstance(events[0], ResponseHead)
+        and events[0].status == 200
+        and events[0].framing == LENGTH
+    )
     assert body_of(events) == b"hi" and events[-1] is END_OF_STREAM
 
 
@@ -151,7 +157,9 @@ def test_response_to_head_has_no_body_and_parser_is_reusable() -> None:
 def test_interim_100_then_final() -> None:
     reader = ResponseReader()
     reader.expect(b"POST")
-    events = reader.feed(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+    events = reader.feed(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n"
+    )
     statuses = [e.status for e in events if isinstance(e, ResponseHead)]
     assert statuses == [100, 201]
 
@@ -175,8 +183,12 @@ def test_response_without_length_is_delimited_by_close() -> None:
 def test_chunked_response() -> None:
     reader = ResponseReader()
     reader.expect(b"GET")
-    events = reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk(b"abc") + LAST_CHUNK)
-    assert events[0].framing == CHUNKED and body_of(events) == b"abc" and events[-1] is END_OF_STREAM
+    events = reader.feed(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk(b"abc") + LAST_CHUNK
+    )
+    assert (
+        events[0].framing == CHUNKED and body_of(events) == b"abc" and events[-1] is END_OF_STREAM
+    )
 
 
 def test_invalid_response_raises() -> None:

@@ -26,7 +26,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.ca_command == "rotate":
             reply = api.ca_rotate()
-            print(f"root {reply['signing_root'][:16]}… now signs; {reply['proxies']} proxies renewing")
+            print(
+                f"root {reply['signing_root'][:16]}… now signs; {reply['proxies']} proxies renewing"
+            )
             return 0
         roots = api.ca_roots()
     except ClientError as e:
@@ -36,5 +38,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{'FINGERPRINT':18} {'STATE':9} {'NOT AFTER':26} MAX LEAF EXPIRY")
     for r in roots:
-        print(f"{r['fingerprint'][:16]:18} {r['state']:9} {r['notAfter']:26} {r['maxLeafExpiry'] or '-'}")
+        print(
+            f"{r['fingerprint'][:16]:18} {r['state']:9} {r['notAfter']:26} {r['maxLeafExpiry'] or '-'}"
+        )
     return 0

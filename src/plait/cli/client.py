@@ -78,7 +78,9 @@ class ApiClient:
         body = {"service": service, "namespace": namespace, "ttlSeconds": ttl_seconds}
         if service_account:
             body["serviceAccount"] = service_account
-        return self._call("POST", "/api/v1/tokens", None, json.dumps(body).encode(), "application/json")
+        return self._call(
+            "POST", "/api/v1/tokens", None, json.dumps(body).encode(), "application/json"
+        )
 
     def ca_roots(self) -> builtins.list[dict[str, Any]]:
         return self._call("GET", "/api/v1/ca")

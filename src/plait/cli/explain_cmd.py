@@ -27,8 +27,13 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--from", dest="source", required=True, metavar="SERVICE|WORKLOAD",
-                   help="the calling workload (a proxy name) or service (its first proxy)")
+    p.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="SERVICE|WORKLOAD",
+        help="the calling workload (a proxy name) or service (its first proxy)",
+    )
     p.add_argument("method", help="HTTP method, e.g. GET")
     p.add_argument("url", help="as the app would call it: http://reviews:9080/reviews/1")
     p.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'")
@@ -61,13 +66,20 @@ def explain(proxies: list[dict[str, Any]], args: argparse.Namespace) -> dict[str
     for h in args.header:
         name, _, value = h.partition(":")
         headers.append((name.strip().lower().encode(), value.strip().encode()))
-    decision = RouteTable(snapshot).outbound(authority, args.method.upper().encode(), path, headers, query=query)
+    decision = RouteTable(snapshot).outbound(
+        authority, args.method.upper().encode(), path, headers, query=query
+    )
     out: dict[str, Any] = {"caller": {"proxy": caller["name"], "identity": caller.get("identity")}}
     if decision is None:
-        out["verdict"] = "404 NR: no Service is named by that authority and port, or no rule matched"
+        out["verdict"] = (
+            "404 NR: no Service is named by that authority and port, or no rule matched"
+        )
         return out
     namespace, service = decision.service
-    out["route"] = {"name": decision.route, "backend": f"{service}.{namespace}" if service else None}
+    out["route"] = {
+        "name": decision.route,
+        "backend": f"{service}.{namespace}" if service else None,
+    }
     if decision.reply is not None:
         out["verdict"] = f"local reply {decision.reply.status} ({decision.reply.flag})"
         return out
@@ -76,11 +88,16 @@ def explain(proxies: list[dict[str, Any]], args: argparse.Namespace) -> dict[str
         "request_timeout_ms": decision.timeout_ms or "none",
         "per_try_timeout_ms": decision.backend_timeout_ms or "none",
         "fault_delay_ms": decision.delay_ms or None,
-        "retries": {"attempts": retry.attempts, "on": sorted(retry.failures) + sorted(retry.statuses)},
+        "retries": {
+            "attempts": retry.attempts,
+            "on": sorted(retry.failures) + sorted(retry.statuses),
+        },
         "mirrors": [f"{m.service}.{m.namespace}" for m in decision.mirrors],
         "rewrite": (decision.path or b"").decode() or None,
     }
-    cluster = next((c for c in snapshot.clusters if (c.namespace, c.name) == decision.service), None)
+    cluster = next(
+        (c for c in snapshot.clusters if (c.namespace, c.name) == decision.service), None
+    )
     if cluster is None:
         out["verdict"] = "503 UH: the backend service is unknown to the caller's proxy"
         return out
@@ -89,7 +106,9 @@ def explain(proxies: list[dict[str, Any]], args: argparse.Namespace) -> dict[str
     out["cluster"] = {
         "load_balancer": p.load_balancer.kind,
         "tls": p.tls_mode,
-        "limits": {k: v for k, v in p.connection_pool.to_dict().items() if v not in (0, 4294967295)},
+        "limits": {
+            k: v for k, v in p.connection_pool.to_dict().items() if v not in (0, 4294967295)
+        },
         "outlier_detection": p.outlier.to_dict() if p.outlier else None,
         "retry_budget": p.retry_budget.to_dict(),
         "fallback": f"{p.fallback.name}.{p.fallback.namespace}" if p.fallback else None,
@@ -101,8 +120,13 @@ def explain(proxies: list[dict[str, Any]], args: argparse.Namespace) -> dict[str
     for e in cluster.endpoints:
         label = f"{e.address}:{e.port}"
         endpoints.append(
-            {"endpoint": label, "workload": e.workload, "identity": e.identity or "(no proxy: plaintext)",
-             "version": e.labels.get("version"), **hosts.get(label, {})}
+            {
+                "endpoint": label,
+                "workload": e.workload,
+                "identity": e.identity or "(no proxy: plaintext)",
+                "version": e.labels.get("version"),
+                **hosts.get(label, {}),
+            }
         )
     out["endpoints"] = endpoints
     out["authorization"] = _authorization(proxies, cluster, caller, args, path, headers)
@@ -111,8 +135,12 @@ def explain(proxies: list[dict[str, Any]], args: argparse.Namespace) -> dict[str
 
 
 def _authorization(
-    proxies: list[dict[str, Any]], cluster: Any, caller: dict[str, Any], args: argparse.Namespace,
-    path: bytes, headers: list[tuple[bytes, bytes]],
+    proxies: list[dict[str, Any]],
+    cluster: Any,
+    caller: dict[str, Any],
+    args: argparse.Namespace,
+    path: bytes,
+    headers: list[tuple[bytes, bytes]],
 ) -> list[dict[str, Any]]:
     """The callee side's verdict, from each destination proxy's own compiled policies."""
     verdicts = []
@@ -128,11 +156,20 @@ def _authorization(
         d = authorizer.check(
             RequestAttributes(
                 source_principal=(caller.get("identity") or "").removeprefix("spiffe://"),
-                method=args.method.upper(), authority=urllib.parse.urlsplit(args.url).netloc,
-                path=path.decode(), headers=headers,
+                method=args.method.upper(),
+                authority=urllib.parse.urlsplit(args.url).netloc,
+                path=path.decode(),
+                headers=headers,
             )
         )
-        verdicts.append({"workload": proxy["name"], "decision": d.action, "policy": d.policy, "reason": d.reason})
+        verdicts.append(
+            {
+                "workload": proxy["name"],
+                "decision": d.action,
+                "policy": d.policy,
+                "reason": d.reason,
+            }
+        )
     return verdicts
 
 
@@ -144,7 +181,10 @@ def _print(report: dict[str, Any], indent: str = "") -> None:
         elif isinstance(value, list) and value and isinstance(value[0], dict):
             print(f"{indent}{key}:")
             for item in value:
-                print(f"{indent}  - " + ", ".join(f"{k}={v}" for k, v in item.items() if v is not None))
+                print(
+                    f"{indent}  - "
+                    + ", ".join(f"{k}={v}" for k, v in item.items() if v is not None)
+                )
         else:
             print(f"{indent}{key}: {value}")
 

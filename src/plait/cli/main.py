@@ -15,17 +15,35 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "proxy": ("plait.proxy.cli", "run a proxy (sidecar, node or gateway)"),
     "up": ("plait.local.up", "run a mesh file locally: apps, proxies, gateway"),
     "control": ("plait.control.server", "run the control plane (API, registry, push)"),
-    "apply": ("plait.cli.resources_cmd", "create or update resources from files (like kubectl apply)"),
+    "apply": (
+        "plait.cli.resources_cmd",
+        "create or update resources from files (like kubectl apply)",
+    ),
     "get": ("plait.cli.resources_cmd", "list or show resources"),
     "delete": ("plait.cli.resources_cmd", "delete resources by name"),
-    "status": ("plait.cli.resources_cmd", "each proxy's config sync state (like istioctl proxy-status)"),
-    "analyze": ("plait.cli.resources_cmd", "find references that do not resolve (like istioctl analyze)"),
+    "status": (
+        "plait.cli.resources_cmd",
+        "each proxy's config sync state (like istioctl proxy-status)",
+    ),
+    "analyze": (
+        "plait.cli.resources_cmd",
+        "find references that do not resolve (like istioctl analyze)",
+    ),
     "token": ("plait.cli.token_cmd", "create join tokens for proxies (plait token create ...)"),
     "ca": ("plait.cli.ca_cmd", "the mesh CA: plait ca status, plait ca rotate"),
-    "explain": ("plait.cli.explain_cmd", "why a request goes where it goes (route, policy, endpoints)"),
-    "stat": ("plait.cli.telemetry_cmd", "golden metrics per service, workload or route (like linkerd viz stat)"),
+    "explain": (
+        "plait.cli.explain_cmd",
+        "why a request goes where it goes (route, policy, endpoints)",
+    ),
+    "stat": (
+        "plait.cli.telemetry_cmd",
+        "golden metrics per service, workload or route (like linkerd viz stat)",
+    ),
     "top": ("plait.cli.telemetry_cmd", "the busiest paths, live (like linkerd viz top)"),
-    "tap": ("plait.cli.telemetry_cmd", "stream requests passing a service's proxies (metadata, no bodies)"),
+    "tap": (
+        "plait.cli.telemetry_cmd",
+        "stream requests passing a service's proxies (metadata, no bodies)",
+    ),
 }
 
 

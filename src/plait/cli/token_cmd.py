@@ -22,16 +22,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="token_command", metavar="create", required=True)
     create = sub.add_parser("create", help="create a join token")
     create.add_argument("--service", required=True, help="the workload's service")
-    create.add_argument("--namespace", "-n", default="default", help="its namespace (default: default)")
-    create.add_argument("--service-account", help="identity's service account (default: the service name)")
-    create.add_argument("--ttl", type=int, default=3600, metavar="SECONDS", help="validity (default 3600)")
+    create.add_argument(
+        "--namespace", "-n", default="default", help="its namespace (default: default)"
+    )
+    create.add_argument(
+        "--service-account", help="identity's service account (default: the service name)"
+    )
+    create.add_argument(
+        "--ttl", type=int, default=3600, metavar="SECONDS", help="validity (default 3600)"
+    )
     create.add_argument("-o", "--output", choices=("token", "json"), default="token")
     add_connection(create)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        reply = client(args).create_token(args.service, args.namespace, args.ttl, args.service_account)
+        reply = client(args).create_token(
+            args.service, args.namespace, args.ttl, args.service_account
+        )
     except ClientError as e:
         return api_failure(e)
     print(json.dumps(reply, indent=2) if args.output == "json" else reply["token"])

@@ -196,7 +196,9 @@ def parse_mesh(text: str, filename: str) -> MeshFile:
         apps=tuple(_app_spec(app, namespace) for app in mesh.spec.apps),
         resources=tuple(r for r, _ in placed),
         control_port=mesh.spec.control.port,
-        tracing=(mesh.spec.tracing.endpoint, mesh.spec.tracing.sample) if mesh.spec.tracing else None,
+        tracing=(mesh.spec.tracing.endpoint, mesh.spec.tracing.sample)
+        if mesh.spec.tracing
+        else None,
     )
 
 

@@ -66,7 +66,9 @@ class _Reader:
 
     def __init__(self, data: Any, path: str) -> None:
         if not isinstance(data, Mapping):
-            raise SnapshotError(f"{path or '<root>'}: expected a mapping, got {type(data).__name__}")
+            raise SnapshotError(
+                f"{path or '<root>'}: expected a mapping, got {type(data).__name__}"
+            )
         self.data = data
         self.path = path
         self.seen: set[str] = set()
@@ -74,7 +76,9 @@ class _Reader:
     def _where(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
 
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, required: bool = False) -> Any:
+    def get(
+        self, key: str, kind: type | tuple[type, ...], default: Any = ..., *, required: bool = False
+    ) -> Any:
         self.seen.add(key)
         if key not in self.data or self.data[key] is None:
             if required or default is ...:
@@ -974,4 +978,3 @@ class Snapshot:
             "policies": self.policies.to_dict(),
             "mtls_mode": self.mtls_mode,
         }
-

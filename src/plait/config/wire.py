@@ -134,7 +134,9 @@ class ResourceState:
         }
 
     def copy(self) -> ResourceState:
-        return ResourceState(self.version, {k: dict(v) for k, v in self.items.items()}, self.workload)
+        return ResourceState(
+            self.version, {k: dict(v) for k, v in self.items.items()}, self.workload
+        )
 
     def apply_delta(self, message: Mapping[str, Any]) -> ResourceState:
         """A new state with the delta applied (this one is untouched)."""
@@ -185,4 +187,3 @@ def hello(
         "version": version,
         "health": health,
     }
-

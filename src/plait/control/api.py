@@ -239,7 +239,9 @@ def create_app(
         """A single-use join token: a proxy presents it once to get its first certificate."""
         if tokens is None:
             raise ApiError(404, "this control plane issues no certificates")
-        return tokens(request.service, request.namespace, float(request.ttlSeconds), request.serviceAccount)
+        return tokens(
+            request.service, request.namespace, float(request.ttlSeconds), request.serviceAccount
+        )
 
     @app.get("/api/v1/ca", response_model=list[dict[str, Any]], tags=["identity"])
     async def ca_status() -> list[dict[str, Any]]:

@@ -52,7 +52,9 @@ class CaService:
         self.store = store
         self.cert_ttl = cert_ttl
         if ca_cert is not None and ca_key is not None:
-            self.ca = CertificateAuthority.from_files(ca_cert, ca_key, ca_chain, trust_domain=trust_domain)
+            self.ca = CertificateAuthority.from_files(
+                ca_cert, ca_key, ca_chain, trust_domain=trust_domain
+            )
         else:
             self.ca = CertificateAuthority.load_or_create(data_dir / "ca", trust_domain)
         self.trust_domain = trust_domain
@@ -100,7 +102,11 @@ class CaService:
         ]
 
     def create_token(
-        self, service: str, namespace: str, ttl: timedelta = timedelta(hours=1), service_account: str | None = None
+        self,
+        service: str,
+        namespace: str,
+        ttl: timedelta = timedelta(hours=1),
+        service_account: str | None = None,
     ) -> str:
         return self.tokens.create(service, namespace, ttl, service_account)
 
@@ -113,7 +119,9 @@ class CaService:
             raise
         ttl_key = f"{USED_TOKENS}{claims.jti}"
         try:
-            await self.store.txn([(ttl_key, claims.expires_at.isoformat().encode())], expect={ttl_key: 0})
+            await self.store.txn(
+                [(ttl_key, claims.expires_at.isoformat().encode())], expect={ttl_key: 0}
+            )
         except Conflict:
             self.counters["token_rejected"] += 1
             raise TokenError("join token already used") from None

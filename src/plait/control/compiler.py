@@ -17,8 +17,6 @@ from typing import TypeVar
 
 from plait.config import resources as r
 from plait.config.fault_resources import FAULT_GROUP, GRPC_CODES, HTTPFault
-from plait.config.traffic_policy import ClusterPolicy, RetryPolicyConfig, parse_retry_on
-from plait.control.traffic_compiler import TrafficCompileError, compile_traffic_policies
 from plait.config.snapshot import (
     NO_FILTERS,
     BackendRef,
@@ -40,6 +38,8 @@ from plait.config.snapshot import (
     RouteRule,
     Snapshot,
 )
+from plait.config.traffic_policy import ClusterPolicy, RetryPolicyConfig, parse_retry_on
+from plait.control.traffic_compiler import TrafficCompileError, compile_traffic_policies
 
 __all__ = ["CompileError", "Instance", "compile_snapshot"]
 
@@ -127,7 +127,9 @@ class _EndpointIndex:
             )
         for w in workloads:
             spec = w.spec
-            endpoint = Endpoint(spec.address, spec.port, dict(spec.labels), workload=w.metadata.name)
+            endpoint = Endpoint(
+                spec.address, spec.port, dict(spec.labels), workload=w.metadata.name
+            )
             self._add(w.metadata.namespace, spec.labels, endpoint)
 
     def _add(self, namespace: str, labels: Mapping[str, str], endpoint: Endpoint) -> None:
@@ -143,9 +145,7 @@ class _EndpointIndex:
             return ()  # an empty selector selects nothing, as in Kubernetes
         postings = [self._by_label.get((namespace, *item), []) for item in selector.items()]
         rarest = min(postings, key=len)
-        return tuple(
-            self._endpoints[p] for p in rarest if r.selects(selector, self._labels[p])
-        )
+        return tuple(self._endpoints[p] for p in rarest if r.selects(selector, self._labels[p]))
 
 
 def _cluster(
@@ -341,7 +341,14 @@ def _retries(retry: r.HTTPRouteRetry | None) -> RetryPolicyConfig | None:
         return None
     conditions, codes = parse_retry_on(retry.retry_on) if retry.retry_on else ((), ())
     codes = tuple(dict.fromkeys((*codes, *retry.codes)))
-    retry_on = tuple(dict.fromkeys((*(conditions or ("connect-failure", "refused-stream")), *(("retriable-status-codes",) if codes else ()))))
+    retry_on = tuple(
+        dict.fromkeys(
+            (
+                *(conditions or ("connect-failure", "refused-stream")),
+                *(("retriable-status-codes",) if codes else ()),
+            )
+        )
+    )
     base = RetryPolicyConfig()
     return RetryPolicyConfig(
         attempts=retry.attempts if retry.attempts is not None else base.attempts,

@@ -190,7 +190,10 @@ def compile_mtls_mode(
         mode: str = x.spec.mtls.mode if x.spec.mtls is not None else "UNSET"
         selector = x.spec.selector.match_labels if x.spec.selector is not None else None
         if x.metadata.namespace == namespace and selector:
-            if all(workload_labels.get(k) == v for k, v in selector.items()) and workload == "UNSET":
+            if (
+                all(workload_labels.get(k) == v for k, v in selector.items())
+                and workload == "UNSET"
+            ):
                 workload = mode
         elif x.metadata.namespace == namespace and not selector:
             namespace_wide = mode if namespace_wide == "UNSET" else namespace_wide

@@ -27,8 +27,8 @@ from plait.config import wire
 from plait.config.snapshot import Node, Snapshot
 from plait.control.ca_service import CaService, TokenError
 from plait.control.compiler import CompileError, compile_snapshot
-from plait.control.policy_compiler import PolicyCompileError, compile_mtls_mode, compile_policies
 from plait.control.config_service import ConfigService
+from plait.control.policy_compiler import PolicyCompileError, compile_mtls_mode, compile_policies
 from plait.control.registry import Registry, WorkloadEntry
 from plait.control.store import Store, StoreError
 from plait.identity.ca import CaError, CsrError
@@ -173,7 +173,9 @@ class PushServer:
         self._spawn(self._debouncer())
         self._spawn(self._sweep())
         tls = self.ca.serving_context() if self.ca is not None else None
-        self._server = await asyncio.start_server(self._handle, host, port, limit=READ_CHUNK, ssl=tls)
+        self._server = await asyncio.start_server(
+            self._handle, host, port, limit=READ_CHUNK, ssl=tls
+        )
         self.address = self._server.sockets[0].getsockname()[:2]
 
     def _spawn(self, coro: Any) -> None:
@@ -237,7 +239,11 @@ class PushServer:
         policy_fingerprint = json.dumps(
             [x.model_dump(mode="json", by_alias=True) for x in policy_resources], sort_keys=True
         ).encode()
-        if fingerprints == self.fingerprints and policy_fingerprint == self._policy_fingerprint and self.version:
+        if (
+            fingerprints == self.fingerprints
+            and policy_fingerprint == self._policy_fingerprint
+            and self.version
+        ):
             return
         self.version += 1
         self.items, self.fingerprints, self._clusters = items, fingerprints, clusters
@@ -250,7 +256,10 @@ class PushServer:
             self.push(conn)
         log.info(
             "version %d (store revision %d): compiled in %.0f ms, queued to %d proxies in %.0f ms",
-            self.version, revision, (compiled - started) * 1e3, len(self.connections),
+            self.version,
+            revision,
+            (compiled - started) * 1e3,
+            len(self.connections),
             (time.perf_counter() - compiled) * 1e3,
         )
 
@@ -298,7 +307,9 @@ class PushServer:
                 else:
                     assert converted is not None  # an unchanged cluster always has its old dict
                     new_items[key] = converted
-                    new_fingerprints[key] = json.dumps(converted, sort_keys=True, separators=(",", ":")).encode()
+                    new_fingerprints[key] = json.dumps(
+                        converted, sort_keys=True, separators=(",", ":")
+                    ).encode()
             items[kind], fingerprints[kind] = new_items, new_fingerprints
         return items, fingerprints, compiled
 
@@ -352,7 +363,10 @@ class PushServer:
             except PolicyCompileError:
                 resources = [x for x in resources if _policy_compiles(x, labels, namespace)]
                 policies = compile_policies(resources, labels, namespace)
-            data = {"policies": policies.to_dict(), "mtls_mode": compile_mtls_mode(resources, labels, namespace)}
+            data = {
+                "policies": policies.to_dict(),
+                "mtls_mode": compile_mtls_mode(resources, labels, namespace),
+            }
             cached = self._workload_cache[key] = wire.encode({"type": "workload", "data": data})
         return cached
 
@@ -392,7 +406,9 @@ class PushServer:
             "type": "delta",
             "version": str(self.version),
             "base": str(base),
-            "upsert": {kind: [self.items[kind][k] for k in keys] for kind, keys in upsert_keys.items()},
+            "upsert": {
+                kind: [self.items[kind][k] for k in keys] for kind, keys in upsert_keys.items()
+            },
             "remove": remove,
         }
         payload = wire.encode(message)
@@ -454,7 +470,12 @@ class PushServer:
             conn.last_nack = None
         elif kind == "nack":
             conn.last_nack = str(message.get("error", ""))[:1000]
-            log.warning("proxy %s rejected version %s: %s", conn.name, message.get("version"), conn.last_nack)
+            log.warning(
+                "proxy %s rejected version %s: %s",
+                conn.name,
+                message.get("version"),
+                conn.last_nack,
+            )
             conn.sent = None  # its state is its last good one: next push is full
             conn.sent_workload = None
             if message.get("reason") == "base":
@@ -491,7 +512,8 @@ class PushServer:
                 return self._refuse(conn, str(exc))
             if claims.namespace != namespace or claims.service != conn.node.get("service"):
                 return self._refuse(
-                    conn, f"join token is for {claims.namespace}/{claims.service}, not {namespace}/{conn.node.get('service')}"
+                    conn,
+                    f"join token is for {claims.namespace}/{claims.service}, not {namespace}/{conn.node.get('service')}",
                 )
             spiffe = claims.spiffe_id(self.ca.trust_domain)
             try:
@@ -499,14 +521,24 @@ class PushServer:
             except (CsrError, CaError) as exc:
                 return self._refuse(conn, f"certificate signing request refused: {exc}")
             conn.identity = str(spiffe)
-            conn.send(wire.encode({"type": "certificate", "chain": chain.decode(), "bundle": self.ca.bundle().decode()}))
+            conn.send(
+                wire.encode(
+                    {
+                        "type": "certificate",
+                        "chain": chain.decode(),
+                        "bundle": self.ca.bundle().decode(),
+                    }
+                )
+            )
         conn.send(self._bundle_message())
         try:
             proved = SpiffeId.parse(conn.identity)
         except ValueError as exc:
             return self._refuse(conn, f"certificate identity unusable: {exc}")
         if proved.namespace != namespace:
-            return self._refuse(conn, f"identity {conn.identity} may not register in namespace {namespace}")
+            return self._refuse(
+                conn, f"identity {conn.identity} may not register in namespace {namespace}"
+            )
         return True
 
     def _bundle_message(self) -> bytes:
@@ -538,14 +570,20 @@ class PushServer:
         while any(c.bundle_id != wanted for c in self.connections if c.identity):
             if loop.time() > deadline:
                 late = sorted(c.name for c in self.connections if c.bundle_id != wanted)
-                raise TimeoutError(f"proxies did not confirm the new trust bundle: {', '.join(late)}")
+                raise TimeoutError(
+                    f"proxies did not confirm the new trust bundle: {', '.join(late)}"
+                )
             await asyncio.sleep(0.05)
         self.ca.ca.activate_rotation()
         self.ca.renew_serving(force=True)  # our own certificate from the new root too
         renew = wire.encode({"type": "renew"})
         for conn in list(self.connections):
             conn.send(renew)
-        log.info("CA rotated: root %s now signs; %d proxies asked to renew", new_root, len(self.connections))
+        log.info(
+            "CA rotated: root %s now signs; %d proxies asked to renew",
+            new_root,
+            len(self.connections),
+        )
         return {"signing_root": new_root, "proxies": len(self.connections)}
 
     async def _renew(self, conn: ProxyConnection, csr: str) -> None:
@@ -556,7 +594,15 @@ class PushServer:
         except (CsrError, CaError, ValueError) as exc:
             log.warning("renewal for %s refused: %s", conn.identity, exc)
             return
-        conn.send(wire.encode({"type": "certificate", "chain": chain.decode(), "bundle": self.ca.bundle().decode()}))
+        conn.send(
+            wire.encode(
+                {
+                    "type": "certificate",
+                    "chain": chain.decode(),
+                    "bundle": self.ca.bundle().decode(),
+                }
+            )
+        )
 
     def _refuse(self, conn: ProxyConnection, reason: str) -> bool:
         log.warning("proxy %s refused: %s", conn.name, reason)
@@ -611,7 +657,9 @@ def _policy_compiles(resource: Any, labels: dict[str, str], namespace: str) -> b
     try:
         compile_policies([resource], labels, namespace)
     except PolicyCompileError as exc:
-        log.warning("policy %s/%s not pushed: %s", resource.metadata.namespace, resource.metadata.name, exc)
+        log.warning(
+            "policy %s/%s not pushed: %s", resource.metadata.namespace, resource.metadata.name, exc
+        )
         return False
     return True
 

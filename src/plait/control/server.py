@@ -76,7 +76,9 @@ class ControlPlane:
         self.registry = Registry(self.store, grace=self.grace)
         await self.registry.load()
         cert, key, chain = self.ca_files or (None, None, None)
-        self.ca = CaService(self.data_dir, self.store, self.trust_domain, self.cert_ttl, cert, key, chain)
+        self.ca = CaService(
+            self.data_dir, self.store, self.trust_domain, self.cert_ttl, cert, key, chain
+        )
         self.push = PushServer(
             self.store, self.config, self.registry, heartbeat_grace=self.grace, ca=self.ca
         )
@@ -94,7 +96,11 @@ class ControlPlane:
         self.telemetry.start()
         app.include_router(telemetry_router(self.telemetry))
         config = uvicorn.Config(
-            app, host=self.api_address[0], port=self.api_address[1], log_level="warning", lifespan="off"
+            app,
+            host=self.api_address[0],
+            port=self.api_address[1],
+            log_level="warning",
+            lifespan="off",
         )
         self._uvicorn = uvicorn.Server(config)
         self._api_task = asyncio.get_running_loop().create_task(self._uvicorn.serve())
@@ -114,7 +120,9 @@ class ControlPlane:
             await self.ca.prune_used_tokens()
             await asyncio.sleep(600)
 
-    def _join_token(self, service: str, namespace: str, ttl: float, account: str | None) -> dict[str, str]:
+    def _join_token(
+        self, service: str, namespace: str, ttl: float, account: str | None
+    ) -> dict[str, str]:
         token = self.ca.create_token(service, namespace, timedelta(seconds=ttl), account)
         claims = self.ca.tokens.verify(token)
         return {
@@ -153,27 +161,61 @@ class ControlPlane:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=".plait/control", type=Path,
-                   help="store, admin token and CA live here (default .plait/control)")
-    p.add_argument("--api", type=_address, default=("127.0.0.1", 15014), metavar="ADDR",
-                   help="HTTP API for the CLI and dashboard (default 127.0.0.1:15014)")
-    p.add_argument("--push", type=_address, default=("127.0.0.1", 15012), metavar="ADDR",
-                   help="push channel for proxies (default 127.0.0.1:15012)")
-    p.add_argument("--grace", type=float, default=5.0, metavar="SECONDS",
-                   help="a workload whose proxy is gone this long is deregistered (default 5)")
-    p.add_argument("--trust-domain", default="cluster.local",
-                   help="SPIFFE trust domain of workload identities (default cluster.local)")
-    p.add_argument("--cert-ttl", type=float, default=24 * 3600, metavar="SECONDS",
-                   help="workload certificate lifetime (default 86400: Istio's 24 h)")
-    p.add_argument("--ca-cert", type=Path, help="an operator's own CA certificate (root or intermediate)")
+    p.add_argument(
+        "--data-dir",
+        default=".plait/control",
+        type=Path,
+        help="store, admin token and CA live here (default .plait/control)",
+    )
+    p.add_argument(
+        "--api",
+        type=_address,
+        default=("127.0.0.1", 15014),
+        metavar="ADDR",
+        help="HTTP API for the CLI and dashboard (default 127.0.0.1:15014)",
+    )
+    p.add_argument(
+        "--push",
+        type=_address,
+        default=("127.0.0.1", 15012),
+        metavar="ADDR",
+        help="push channel for proxies (default 127.0.0.1:15012)",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="a workload whose proxy is gone this long is deregistered (default 5)",
+    )
+    p.add_argument(
+        "--trust-domain",
+        default="cluster.local",
+        help="SPIFFE trust domain of workload identities (default cluster.local)",
+    )
+    p.add_argument(
+        "--cert-ttl",
+        type=float,
+        default=24 * 3600,
+        metavar="SECONDS",
+        help="workload certificate lifetime (default 86400: Istio's 24 h)",
+    )
+    p.add_argument(
+        "--ca-cert", type=Path, help="an operator's own CA certificate (root or intermediate)"
+    )
     p.add_argument("--ca-key", type=Path, help="its private key")
     p.add_argument("--ca-chain", type=Path, help="the chain above an intermediate, up to the root")
-    p.add_argument("--save-cli-settings", action="store_true",
-                   help="point the CLI (~/.config/plait/config.json) at this control plane")
+    p.add_argument(
+        "--save-cli-settings",
+        action="store_true",
+        help="point the CLI (~/.config/plait/config.json) at this control plane",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
@@ -185,8 +227,13 @@ def run(args: argparse.Namespace) -> int:
             return 2
         ca_files = (args.ca_cert, args.ca_key, args.ca_chain) if args.ca_cert else None
         cp = ControlPlane(
-            args.data_dir, args.api, args.push, args.grace,
-            trust_domain=args.trust_domain, cert_ttl=timedelta(seconds=args.cert_ttl), ca_files=ca_files,
+            args.data_dir,
+            args.api,
+            args.push,
+            args.grace,
+            trust_domain=args.trust_domain,
+            cert_ttl=timedelta(seconds=args.cert_ttl),
+            ca_files=ca_files,
         )
         try:
             await cp.open()

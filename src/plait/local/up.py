@@ -432,7 +432,9 @@ async def _converged(plan: Plan, timeout: float) -> None:
             return
         if loop.time() > deadline:
             missing = ", ".join(sorted(wanted - healthy)) or "config sync"
-            raise SupervisorError(f"the mesh did not converge in {timeout:.0f} s (waiting for {missing})")
+            raise SupervisorError(
+                f"the mesh did not converge in {timeout:.0f} s (waiting for {missing})"
+            )
         await asyncio.sleep(0.1)
 
 
@@ -455,7 +457,9 @@ async def serve(
             print(f"plait up: {e}", file=sys.stderr, flush=True)
             return 1
         except (ClientError, OSError) as e:
-            print(f"plait up: configuring the control plane failed: {e}", file=sys.stderr, flush=True)
+            print(
+                f"plait up: configuring the control plane failed: {e}", file=sys.stderr, flush=True
+            )
             return 1
         if started:
             if table:

@@ -1,8 +1,8 @@
 """Protocol errors raised by the codecs; the proxy maps each to a local reply at the edge.
 
-    ProtocolError            a peer sent bytes we refuse (status: the reply to send, if any)
-    ├── MalformedMessage     400: not HTTP, bad framing, bad characters
-    └── HeadTooLarge         431: head over the size or count limit
+ProtocolError            a peer sent bytes we refuse (status: the reply to send, if any)
+├── MalformedMessage     400: not HTTP, bad framing, bad characters
+└── HeadTooLarge         431: head over the size or count limit
 """
 
 from __future__ import annotations

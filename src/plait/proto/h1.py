@@ -176,7 +176,9 @@ class _Reader:
             # whose fields httptools buffers whole: bound them like a head (trailers are dropped).
             self._raw_in_trailer += len(data)
             if self._raw_in_trailer > self.max_head_bytes:
-                raise self._failed(HeadTooLarge(f"trailer section over {self.max_head_bytes} bytes"))
+                raise self._failed(
+                    HeadTooLarge(f"trailer section over {self.max_head_bytes} bytes")
+                )
         else:
             self._raw_in_trailer = 0
         events, self._events = self._events, []

@@ -97,7 +97,9 @@ class DetectingAcceptor:
         context = self.tls() if is_tls and mode != DISABLE else None
         if mode == STRICT and context is None:
             # Plaintext (or no certificate yet) on a STRICT port: refused, as Istio does.
-            self._refused("plaintext_refused", "plaintext connection refused (mTLS mode STRICT)", _peer(conn))
+            self._refused(
+                "plaintext_refused", "plaintext connection refused (mTLS mode STRICT)", _peer(conn)
+            )
             conn.close()
             return
         self.spawn(self._hand_over(conn, context))
@@ -114,7 +116,9 @@ class DetectingAcceptor:
         except (OSError, ssl.SSLError, TimeoutError) as exc:
             reason = _handshake_reason(exc)
             detail = str(exc) or type(exc).__name__
-            self._refused(f"handshake_failed.{reason}", f"TLS handshake refused ({reason}): {detail}", peer)
+            self._refused(
+                f"handshake_failed.{reason}", f"TLS handshake refused ({reason}): {detail}", peer
+            )
             conn.close()
 
     def _refused(self, counter: str, message: str, peer: str) -> None:

@@ -44,7 +44,12 @@ class AdminServer:
         try:
             async with asyncio.timeout(10):
                 head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            TimeoutError,
+            ConnectionError,
+        ):
             writer.close()
             return
         line = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
@@ -81,7 +86,11 @@ class AdminServer:
         if path == "/clusters":
             return 200, "application/json", _json(self._stats()["hosts"])
         if path == "/":
-            return 200, "text/plain", b"/ready\n/config_dump\n/stats\n/stats?format=json\n/stats/prometheus\n/clusters\n"
+            return (
+                200,
+                "text/plain",
+                b"/ready\n/config_dump\n/stats\n/stats?format=json\n/stats/prometheus\n/clusters\n",
+            )
         return 404, "text/plain", b"not found\n"
 
 

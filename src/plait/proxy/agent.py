@@ -40,6 +40,8 @@ PUSH_ALPN = ("plait-push",)
 
 class BootstrapError(Exception):
     """The control plane refused this proxy (bad join token, identity mismatch)."""
+
+
 BACKOFF_INITIAL = 0.2
 BACKOFF_MAX = 5.0
 CONNECT_TIMEOUT = 3.0
@@ -119,7 +121,13 @@ class ControlAgent:
             try:
                 await self._session()
                 backoff = BACKOFF_INITIAL  # a session that got going resets the back-off
-            except (OSError, TimeoutError, wire.FrameError, asyncio.IncompleteReadError, BootstrapError) as exc:
+            except (
+                OSError,
+                TimeoutError,
+                wire.FrameError,
+                asyncio.IncompleteReadError,
+                BootstrapError,
+            ) as exc:
                 self.last_error = str(exc) or type(exc).__name__
                 log.warning("control plane %s:%s: %s", *self.address, self.last_error)
             finally:
@@ -136,7 +144,9 @@ class ControlAgent:
         if identity is not None:
             # The bundle the control plane last sent (it follows CA rotations), not the
             # bootstrap file, which may predate a rotation.
-            return client_context(identity.cert_pem, identity.key_pem, identity.bundle_pem, alpn=PUSH_ALPN)
+            return client_context(
+                identity.cert_pem, identity.key_pem, identity.bundle_pem, alpn=PUSH_ALPN
+            )
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.check_hostname = False  # the SPIFFE ID is checked instead, right after the handshake
@@ -152,17 +162,26 @@ class ControlAgent:
             )
         if tls is not None:
             try:
-                verify_peer(writer.get_extra_info("ssl_object"), {self.control_id} if self.control_id else None)
+                verify_peer(
+                    writer.get_extra_info("ssl_object"),
+                    {self.control_id} if self.control_id else None,
+                )
             except PeerVerificationError as exc:
                 writer.transport.abort()
                 raise ConnectionRefusedError(f"control plane identity refused: {exc}") from None
         self._writer = writer
-        endpoint = {"address": self.endpoint[0], "port": self.endpoint[1]} if self.endpoint else None
+        endpoint = (
+            {"address": self.endpoint[0], "port": self.endpoint[1]} if self.endpoint else None
+        )
         health = self.health.status if self.health else "unknown"
-        hello = wire.hello(node_dict(self.node), self.addresses, endpoint, self.state.version, health)
+        hello = wire.hello(
+            node_dict(self.node), self.addresses, endpoint, self.state.version, health
+        )
         if self.certs is not None and self.certs.identity is None:
             if not self.join_token:
-                raise BootstrapError("no certificate and no join token (--join-token / PLAIT_JOIN_TOKEN)")
+                raise BootstrapError(
+                    "no certificate and no join token (--join-token / PLAIT_JOIN_TOKEN)"
+                )
             hello["join_token"] = self.join_token
             hello["csr"] = self.certs.csr().decode()
         self._send(hello)
@@ -227,8 +246,14 @@ class ControlAgent:
             new_state = wire.ResourceState.from_snapshot_dict(version, message)
         elif kind == "delta":
             if str(message.get("base")) != self.state.version:
-                self._send({"type": "nack", "version": version, "reason": "base",
-                            "error": f"delta base {message.get('base')} != applied {self.state.version}"})
+                self._send(
+                    {
+                        "type": "nack",
+                        "version": version,
+                        "reason": "base",
+                        "error": f"delta base {message.get('base')} != applied {self.state.version}",
+                    }
+                )
                 return
             try:
                 new_state = self.state.apply_delta(message)
@@ -262,14 +287,21 @@ class ControlAgent:
         if self.certs is None:
             return
         try:
-            identity = self.certs.install(str(message["chain"]).encode(), str(message["bundle"]).encode())
+            identity = self.certs.install(
+                str(message["chain"]).encode(), str(message["bundle"]).encode()
+            )
         except (KeyError, ValueError) as exc:
             log.error("control plane sent an unusable certificate: %s", exc)
             return
         self._renewal_requested = 0.0
         self.join_token = None  # spent: later connections authenticate with the certificate
         self._send({"type": "certificate_status", "certificate": self.certs.status()})
-        log.info("certificate installed: %s serial %x expires %s", identity.spiffe_id, identity.serial, identity.not_after)
+        log.info(
+            "certificate installed: %s serial %x expires %s",
+            identity.spiffe_id,
+            identity.serial,
+            identity.not_after,
+        )
 
     def _nack(self, version: str, error: str) -> None:
         log.warning("rejected config version %s: %s", version, error)

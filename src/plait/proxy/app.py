@@ -29,9 +29,9 @@ from plait.proxy.filters.audit import AuditLog
 from plait.proxy.filters.jwt_authn import JwksCache
 from plait.proxy.filters.metrics import ListenerMetrics
 from plait.proxy.health import AppHealthCheck
-from plait.proxy.tap import TapHub
 from plait.proxy.listener import GATEWAY, INBOUND, OUTBOUND, ListenerContext, ProxySettings
 from plait.proxy.runtime import ConfigHolder
+from plait.proxy.tap import TapHub
 from plait.proxy.upstream import ClusterRuntime, Host, check_host
 from plait.telemetry.accesslog import AccessLog
 from plait.telemetry.exposition import render
@@ -97,7 +97,9 @@ class Proxy:
         self.jwks = JwksCache()
         self.config = ConfigHolder(options.snapshot, options.app, self.audit, self.jwks.get)
         # mTLS is on when the proxy has a trust anchor (and so gets a workload certificate).
-        self.certs = CertificateManager(options.state_dir) if options.ca_bundle is not None else None
+        self.certs = (
+            CertificateManager(options.state_dir) if options.ca_bundle is not None else None
+        )
         self.acceptors: list[DetectingAcceptor] = []
         self.metrics = ProxyMetrics()
         self._ejections_seen: dict[tuple[str, str], int] = {}
@@ -108,7 +110,9 @@ class Proxy:
 
             node = options.snapshot.node
             self.exporter = OtlpExporter(
-                options.tracing_endpoint, node.service or node.name, {"service.namespace": node.namespace}
+                options.tracing_endpoint,
+                node.service or node.name,
+                {"service.namespace": node.namespace},
             )
         # No collector, no spans: trace headers the apps forward still pass through untouched.
         self.tracer = Tracer(options.trace_sample, self.exporter.submit) if self.exporter else None
@@ -116,10 +120,14 @@ class Proxy:
         if self.certs is not None:
             certs = self.certs
             self.metrics.certificate_expiry.set_function(
-                lambda: certs.identity.not_after.timestamp() - time.time() if certs.identity else 0.0
+                lambda: (
+                    certs.identity.not_after.timestamp() - time.time() if certs.identity else 0.0
+                )
             )
         self.access_log = (
-            None if options.access_log == "off" else AccessLog(options.access_log, options.access_log_sample)
+            None
+            if options.access_log == "off"
+            else AccessLog(options.access_log, options.access_log_sample)
         )
         self.contexts: dict[str, ListenerContext] = {}
         self.servers: list[asyncio.Server] = []
@@ -188,7 +196,9 @@ class Proxy:
                 )
                 self.addresses[kind] = sock.getsockname()[:2]
                 continue
-            server = await loop.create_server(ctx.protocol_factory, address[0], address[1], backlog=1024)
+            server = await loop.create_server(
+                ctx.protocol_factory, address[0], address[1], backlog=1024
+            )
             self.servers.append(server)
             self.addresses[kind] = server.sockets[0].getsockname()[:2]
         if self.options.admin is not None:
@@ -204,7 +214,10 @@ class Proxy:
             self.addresses["admin"] = server.sockets[0].getsockname()[:2]
         if self.options.prometheus is not None:
             scrape = AdminServer(
-                lambda: True, self.stats, self.config_dump, lambda: render(self.metrics.registry),
+                lambda: True,
+                self.stats,
+                self.config_dump,
+                lambda: render(self.metrics.registry),
                 metrics_only=True,
             )
             server = await asyncio.start_server(scrape.handle, *self.options.prometheus)
@@ -325,7 +338,11 @@ class Proxy:
             "mode": self.options.mode,
             "control_plane": None
             if agent is None
-            else {"connected": agent.connected, "last_error": agent.last_error, "version": agent.state.version},
+            else {
+                "connected": agent.connected,
+                "last_error": agent.last_error,
+                "version": agent.state.version,
+            },
             "app_health": self.health.status if self.health else None,
             "certificate": self.certs.status() if self.certs is not None else None,
             "listeners": {k: f"{a[0]}:{a[1]}" for k, a in self.addresses.items()},

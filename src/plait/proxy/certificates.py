@@ -51,7 +51,11 @@ class CertificateManager:
     # state on disk -------------------------------------------------------------------
     def _paths(self) -> tuple[Path, Path, Path]:
         assert self.state_dir is not None
-        return self.state_dir / "cert.pem", self.state_dir / "key.pem", self.state_dir / "bundle.pem"
+        return (
+            self.state_dir / "cert.pem",
+            self.state_dir / "key.pem",
+            self.state_dir / "bundle.pem",
+        )
 
     def _load(self) -> None:
         cert, key, bundle = self._paths()
@@ -90,7 +94,9 @@ class CertificateManager:
         self._set(identity, issued=time.time())
         return identity
 
-    def _set(self, identity: Identity, issued: float | None = None, new_certificate: bool = True) -> None:
+    def _set(
+        self, identity: Identity, issued: float | None = None, new_certificate: bool = True
+    ) -> None:
         first = self.identity is None
         self.identity = identity
         if self.server is None:

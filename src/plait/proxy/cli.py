@@ -49,65 +49,196 @@ def load_snapshot(path: str) -> Snapshot:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", metavar="FILE",
-                   help="static snapshot file (JSON or YAML); required unless --control is given")
-    p.add_argument("--control", type=parse_address, default=None, metavar="ADDR",
-                   help="control plane push address (e.g. 127.0.0.1:15012): dynamic configuration")
-    p.add_argument("--cache", default=None, metavar="FILE",
-                   help="with --control: last applied snapshot, written after every push and "
-                        "served from at start when the control plane is unreachable")
-    p.add_argument("--name", default=None, help="this workload's instance name (default: the host name)")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="static snapshot file (JSON or YAML); required unless --control is given",
+    )
+    p.add_argument(
+        "--control",
+        type=parse_address,
+        default=None,
+        metavar="ADDR",
+        help="control plane push address (e.g. 127.0.0.1:15012): dynamic configuration",
+    )
+    p.add_argument(
+        "--cache",
+        default=None,
+        metavar="FILE",
+        help="with --control: last applied snapshot, written after every push and "
+        "served from at start when the control plane is unreachable",
+    )
+    p.add_argument(
+        "--name", default=None, help="this workload's instance name (default: the host name)"
+    )
     p.add_argument("--service", default="", help="the service this workload belongs to")
-    p.add_argument("--namespace", default="default", help="the workload's namespace (default: default)")
-    p.add_argument("--labels", default="", metavar="K=V,...", help="workload labels, e.g. app=reviews,version=v2")
-    p.add_argument("--gateway-name", default="", metavar="NAME",
-                   help="gateway mode: the Gateway resource whose routes this proxy serves")
-    p.add_argument("--advertise", type=parse_address, default=None, metavar="ADDR",
-                   help="address other proxies use to reach this inbound listener (default --inbound)")
-    p.add_argument("--ca-bundle", default=None, metavar="FILE",
-                   help="trust bundle of the mesh CA (PEM): turns on mTLS; the control plane must "
-                        "prove its identity against it (plait control writes trust-bundle.pem)")
-    p.add_argument("--join-token", default=None, metavar="TOKEN",
-                   help="one-time token for the first certificate (default: $PLAIT_JOIN_TOKEN)")
-    p.add_argument("--state-dir", default=None, metavar="DIR",
-                   help="keeps the key (0600) and certificate, to restart while the control plane is down")
-    p.add_argument("--trust-domain", default="cluster.local", help="SPIFFE trust domain (default cluster.local)")
-    p.add_argument("--audit-log", default="-", metavar="PATH",
-                   help="authorization audit records (AUDIT matches, denials): '-' stdout, a path, 'off'")
-    p.add_argument("--tracing-endpoint", default=None, metavar="URL",
-                   help="export spans over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318)")
-    p.add_argument("--trace-sample", type=float, default=0.01, metavar="FRACTION",
-                   help="fraction of new traces sampled (default 0.01, Istio's)")
-    p.add_argument("--app-health", default=None, metavar="PATH",
-                   help="HTTP path to check the app's health (default: a TCP connect)")
-    p.add_argument("--mode", choices=("sidecar", "gateway"), default="sidecar",
-                   help="sidecar: outbound + inbound for one app; gateway: entry for outside traffic")
-    p.add_argument("--outbound", type=parse_address, default=("127.0.0.1", 15001), metavar="ADDR",
-                   help="outbound listener for the app's calls (default 127.0.0.1:15001)")
-    p.add_argument("--inbound", type=parse_address, default=("127.0.0.1", 15006), metavar="ADDR",
-                   help="inbound listener for calls to the app (default 127.0.0.1:15006)")
-    p.add_argument("--admin", type=parse_address, default=("127.0.0.1", 15000), metavar="ADDR",
-                   help="admin listener: /ready /config_dump /stats (default 127.0.0.1:15000)")
-    p.add_argument("--prometheus", type=parse_address, default=None, metavar="ADDR",
-                   help="also serve /stats/prometheus alone here (Istio: 0.0.0.0:15090)")
-    p.add_argument("--gateway-listen", type=parse_address, default=("0.0.0.0", 8080), metavar="ADDR",
-                   help="gateway mode: listener for outside traffic (default 0.0.0.0:8080)")
-    p.add_argument("--app", type=parse_address, default=None, metavar="ADDR",
-                   help="the local app's address; enables the inbound listener")
-    p.add_argument("--access-log", default="-", metavar="PATH",
-                   help="'-' for stdout (default), a file path, or 'off'")
-    p.add_argument("--access-log-sample", type=float, default=0.01, metavar="FRACTION",
-                   help="fraction of successful requests logged; errors always are (default 0.01)")
-    p.add_argument("--idle-timeout", type=float, default=300.0, metavar="SECONDS",
-                   help="close idle client keep-alive connections after this long (default 300)")
-    p.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
-                   help="408 when a request head takes longer than this (default 10)")
-    p.add_argument("--upstream-idle-timeout", type=float, default=10.0, metavar="SECONDS",
-                   help="close pooled upstream connections idle this long (default 10)")
-    p.add_argument("--connect-timeout", type=float, default=5.0, metavar="SECONDS",
-                   help="upstream connect timeout (default 5)")
-    p.add_argument("--drain-timeout", type=float, default=5.0, metavar="SECONDS",
-                   help="on SIGTERM, let requests in flight finish this long (default 5)")
+    p.add_argument(
+        "--namespace", default="default", help="the workload's namespace (default: default)"
+    )
+    p.add_argument(
+        "--labels",
+        default="",
+        metavar="K=V,...",
+        help="workload labels, e.g. app=reviews,version=v2",
+    )
+    p.add_argument(
+        "--gateway-name",
+        default="",
+        metavar="NAME",
+        help="gateway mode: the Gateway resource whose routes this proxy serves",
+    )
+    p.add_argument(
+        "--advertise",
+        type=parse_address,
+        default=None,
+        metavar="ADDR",
+        help="address other proxies use to reach this inbound listener (default --inbound)",
+    )
+    p.add_argument(
+        "--ca-bundle",
+        default=None,
+        metavar="FILE",
+        help="trust bundle of the mesh CA (PEM): turns on mTLS; the control plane must "
+        "prove its identity against it (plait control writes trust-bundle.pem)",
+    )
+    p.add_argument(
+        "--join-token",
+        default=None,
+        metavar="TOKEN",
+        help="one-time token for the first certificate (default: $PLAIT_JOIN_TOKEN)",
+    )
+    p.add_argument(
+        "--state-dir",
+        default=None,
+        metavar="DIR",
+        help="keeps the key (0600) and certificate, to restart while the control plane is down",
+    )
+    p.add_argument(
+        "--trust-domain",
+        default="cluster.local",
+        help="SPIFFE trust domain (default cluster.local)",
+    )
+    p.add_argument(
+        "--audit-log",
+        default="-",
+        metavar="PATH",
+        help="authorization audit records (AUDIT matches, denials): '-' stdout, a path, 'off'",
+    )
+    p.add_argument(
+        "--tracing-endpoint",
+        default=None,
+        metavar="URL",
+        help="export spans over OTLP/HTTP to this collector (e.g. http://127.0.0.1:4318)",
+    )
+    p.add_argument(
+        "--trace-sample",
+        type=float,
+        default=0.01,
+        metavar="FRACTION",
+        help="fraction of new traces sampled (default 0.01, Istio's)",
+    )
+    p.add_argument(
+        "--app-health",
+        default=None,
+        metavar="PATH",
+        help="HTTP path to check the app's health (default: a TCP connect)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=("sidecar", "gateway"),
+        default="sidecar",
+        help="sidecar: outbound + inbound for one app; gateway: entry for outside traffic",
+    )
+    p.add_argument(
+        "--outbound",
+        type=parse_address,
+        default=("127.0.0.1", 15001),
+        metavar="ADDR",
+        help="outbound listener for the app's calls (default 127.0.0.1:15001)",
+    )
+    p.add_argument(
+        "--inbound",
+        type=parse_address,
+        default=("127.0.0.1", 15006),
+        metavar="ADDR",
+        help="inbound listener for calls to the app (default 127.0.0.1:15006)",
+    )
+    p.add_argument(
+        "--admin",
+        type=parse_address,
+        default=("127.0.0.1", 15000),
+        metavar="ADDR",
+        help="admin listener: /ready /config_dump /stats (default 127.0.0.1:15000)",
+    )
+    p.add_argument(
+        "--prometheus",
+        type=parse_address,
+        default=None,
+        metavar="ADDR",
+        help="also serve /stats/prometheus alone here (Istio: 0.0.0.0:15090)",
+    )
+    p.add_argument(
+        "--gateway-listen",
+        type=parse_address,
+        default=("0.0.0.0", 8080),
+        metavar="ADDR",
+        help="gateway mode: listener for outside traffic (default 0.0.0.0:8080)",
+    )
+    p.add_argument(
+        "--app",
+        type=parse_address,
+        default=None,
+        metavar="ADDR",
+        help="the local app's address; enables the inbound listener",
+    )
+    p.add_argument(
+        "--access-log",
+        default="-",
+        metavar="PATH",
+        help="'-' for stdout (default), a file path, or 'off'",
+    )
+    p.add_argument(
+        "--access-log-sample",
+        type=float,
+        default=0.01,
+        metavar="FRACTION",
+        help="fraction of successful requests logged; errors always are (default 0.01)",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="close idle client keep-alive connections after this long (default 300)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="408 when a request head takes longer than this (default 10)",
+    )
+    p.add_argument(
+        "--upstream-idle-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="close pooled upstream connections idle this long (default 10)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="upstream connect timeout (default 5)",
+    )
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="on SIGTERM, let requests in flight finish this long (default 5)",
+    )
     p.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop")
 
 
@@ -124,16 +255,23 @@ def parse_labels(text: str) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     # Operational lines (certificates, control plane, refusals) to stderr with time and source;
     # requests go to the access log, not here.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.config is None and args.control is None:
-        print("plait proxy: give --config FILE (static) or --control ADDR (dynamic)", file=sys.stderr)
+        print(
+            "plait proxy: give --config FILE (static) or --control ADDR (dynamic)", file=sys.stderr
+        )
         return 2
     ca_bundle = None
     if args.ca_bundle:
         try:
             ca_bundle = Path(args.ca_bundle).read_bytes()
         except OSError as exc:
-            print(f"plait proxy: cannot read --ca-bundle {args.ca_bundle}: {exc.strerror}", file=sys.stderr)
+            print(
+                f"plait proxy: cannot read --ca-bundle {args.ca_bundle}: {exc.strerror}",
+                file=sys.stderr,
+            )
             return 2
     try:
         labels = parse_labels(args.labels)

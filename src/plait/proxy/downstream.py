@@ -85,6 +85,8 @@ def _deadline_ms(headers: Headers) -> int:
         if name == DEADLINE:
             return int(value) if value.isdigit() and len(value) < 10 else 0
     return 0
+
+
 # A peer proxy's local replies that prove the request never reached its app.
 _NEVER_SENT = (b"UF", b"UH")
 
@@ -283,7 +285,9 @@ class DownstreamConnection(batching.BatchedWriter, asyncio.Protocol):
         """The ticker calls this when `deadline` has passed."""
         if self.deadline_kind == 1:
             self.ctx.stats.downstream_rq_timeout += 1
-            self.write(local_reply_bytes(408, "DPE", b"request head not received in time", close=True))
+            self.write(
+                local_reply_bytes(408, "DPE", b"request head not received in time", close=True)
+            )
             self.ctx.log_refusal(self, 408, "request header timeout")
         self.close()
 
@@ -470,8 +474,14 @@ class Stream:
             self.path = path if query < 0 else path + self.path[query:]
             if policy.enabled:
                 verdict = policy.check(
-                    head.method, self.authority, path, self.path[len(path) + 1 :] if query >= 0 else b"",
-                    forward, down.peer_id, down.peer.rpartition(":")[0], request_id,
+                    head.method,
+                    self.authority,
+                    path,
+                    self.path[len(path) + 1 :] if query >= 0 else b"",
+                    forward,
+                    down.peer_id,
+                    down.peer.rpartition(":")[0],
+                    request_id,
                 )
                 if verdict is not None:
                     if verdict[1] == "RBAC" and ctx.metrics is not None:
@@ -501,7 +511,9 @@ class Stream:
             return
         self.send_routed(cluster, decision, forward)
 
-    def send_routed(self, cluster: ClusterRuntime | None, decision: Decision, forward: Headers) -> None:
+    def send_routed(
+        self, cluster: ClusterRuntime | None, decision: Decision, forward: Headers
+    ) -> None:
         """Send the routed request upstream (or answer it locally, as the route says)."""
         self.timer = None
         if self.finished:
@@ -537,7 +549,9 @@ class Stream:
             forward.append((DEADLINE, b"%d" % deadline_ms))
         self.up_head = request_head_bytes(self.method, self.path, forward)
         if decision.mirrors:
-            body = b"".join(self.replay) if self.request_complete and self.replay is not None else None
+            body = (
+                b"".join(self.replay) if self.request_complete and self.replay is not None else None
+            )
             mirror_requests(ctx, decision.mirrors, self.method, self.path, forward, body)
         if deadline_ms:
             self.timer = ctx.loop.call_later(deadline_ms / 1000, self.on_timeout)
@@ -695,22 +709,27 @@ class Stream:
             if status == 503 and host.identity and _peer_never_sent(head.headers):
                 # The callee's proxy says it never reached its app (UF/UH): for the mesh this
                 # is a connect failure, safe to retry on another endpoint whatever the method.
-                outcome = Outcome(failure=CONNECT_FAILURE, reached_upstream=False, replayable=self.replay is not None)
+                outcome = Outcome(
+                    failure=CONNECT_FAILURE,
+                    reached_upstream=False,
+                    replayable=self.replay is not None,
+                )
             elif decision is not None and status in decision.retry.statuses:
                 outcome = Outcome(
-                    status=status, idempotent=self.method in IDEMPOTENT, replayable=self.replay is not None
+                    status=status,
+                    idempotent=self.method in IDEMPOTENT,
+                    replayable=self.replay is not None,
                 )
-            if outcome is not None:
-                if self.schedule_retry(outcome):
-                    # This try's response is dropped unseen; the next try answers instead.
-                    conn = self.upstream
-                    self.upstream = None
-                    if conn is not None:
-                        conn.abort()
-                    host.active -= 1
-                    self.host = None
-                    self.status = 0
-                    return
+            if outcome is not None and self.schedule_retry(outcome):
+                # This try's response is dropped unseen; the next try answers instead.
+                conn = self.upstream
+                self.upstream = None
+                if conn is not None:
+                    conn.abort()
+                host.active -= 1
+                self.host = None
+                self.status = 0
+                return
         self.response_started = True
         self.up_keep_alive = head.keep_alive
         headers: Headers = []
@@ -757,7 +776,9 @@ class Stream:
         if conn is not None:
             conn.served += 1
             cluster = self.cluster
-            reuse = cluster is None or cluster.breaker.reuse_connection(conn.served)  # maxRequestsPerConnection
+            reuse = cluster is None or cluster.breaker.reuse_connection(
+                conn.served
+            )  # maxRequestsPerConnection
             if reuse and self.up_keep_alive and self.request_complete and self.host is not None:
                 self.host.put_idle(conn, self.down.ctx.loop.time())
             else:
@@ -804,7 +825,9 @@ class Stream:
             self.down.close()
             self.done()
         else:
-            self.local_reply(502, "UPE", b"upstream sent an invalid response: " + exc.reason.encode())
+            self.local_reply(
+                502, "UPE", b"upstream sent an invalid response: " + exc.reason.encode()
+            )
 
     def request_broken(self, exc: ProtocolError) -> None:
         """The rest of the request body is bad bytes: the request can never complete."""
@@ -843,7 +866,9 @@ class Stream:
             ctx.metrics.metrics.retries.labels(cluster.name).inc()
         if self.try_timer is not None:
             self.try_timer.cancel()
-        self.try_timer = ctx.loop.call_later(policy.backoff(self.retries_done - 1, _RNG), self._retry)
+        self.try_timer = ctx.loop.call_later(
+            policy.backoff(self.retries_done - 1, _RNG), self._retry
+        )
         return True
 
     def overflow(self) -> None:
@@ -902,7 +927,9 @@ class Stream:
     def upstream_buffer_drained(self) -> None:
         self.down.resume_reading(PAUSE_UPSTREAM)
 
-    def local_reply(self, status: int, flags: str, detail: bytes | None = None, extra: bytes = b"") -> None:
+    def local_reply(
+        self, status: int, flags: str, detail: bytes | None = None, extra: bytes = b""
+    ) -> None:
         """Answer the request ourselves. Before the request is read whole we close after."""
         conn = self.upstream
         self.upstream = None
@@ -951,4 +978,3 @@ class Stream:
         down.ctx.record(self)
         keep_alive = self.down_keep_alive and self.request_complete and not down.closed
         down.stream_done(self, keep_alive)
-

@@ -19,7 +19,11 @@ class AppHealthCheck:
     """Owns nothing but its state; its owner runs `run()` as a task and cancels it."""
 
     def __init__(
-        self, address: tuple[str, int], http_path: str | None = None, interval: float = 1.0, timeout: float = 1.0
+        self,
+        address: tuple[str, int],
+        http_path: str | None = None,
+        interval: float = 1.0,
+        timeout: float = 1.0,
     ) -> None:
         self.address = address
         self.http_path = http_path

@@ -25,9 +25,9 @@ from plait.proxy.certificates import CertificateManager
 from plait.proxy.downstream import DownstreamConnection
 from plait.proxy.filters.inbound_policy import InboundPolicy
 from plait.proxy.filters.metrics import ListenerMetrics
-from plait.proxy.tap import TapHub, stream_record
 from plait.proxy.routing import Decision
 from plait.proxy.runtime import APP_CLUSTER, ConfigHolder, Runtime
+from plait.proxy.tap import TapHub, stream_record
 from plait.proxy.upstream import ClusterRuntime, Host
 from plait.telemetry.accesslog import AccessLog
 from plait.telemetry.stats import ListenerStats
@@ -119,13 +119,17 @@ class ListenerContext:
         self, authority: bytes, method: bytes, path: bytes, headers: Headers, query: bytes
     ) -> RouteResult:
         runtime = self.config.current
-        return _resolve(runtime, runtime.table.outbound(authority, method, path, headers, query=query))
+        return _resolve(
+            runtime, runtime.table.outbound(authority, method, path, headers, query=query)
+        )
 
     def _route_gateway(
         self, authority: bytes, method: bytes, path: bytes, headers: Headers, query: bytes
     ) -> RouteResult:
         runtime = self.config.current
-        return _resolve(runtime, runtime.table.gateway(authority, method, path, headers, query=query))
+        return _resolve(
+            runtime, runtime.table.gateway(authority, method, path, headers, query=query)
+        )
 
     def _route_inbound(
         self, authority: bytes, method: bytes, path: bytes, headers: Headers, query: bytes

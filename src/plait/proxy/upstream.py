@@ -268,7 +268,9 @@ class Host:
         self.cx_tls_fail += 1
         count = self.cx_tls_fail
         if count & (count - 1) == 0:
-            log.warning("upstream %s refused over mTLS: %s (cx_tls_fail: %d)", self.label, why, count)
+            log.warning(
+                "upstream %s refused over mTLS: %s (cx_tls_fail: %d)", self.label, why, count
+            )
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -297,7 +299,11 @@ class HostRegistry:
         if host is None:
             host = self._hosts[endpoint.key] = Host(endpoint)
         else:
-            host.labels, host.workload, host.identity = endpoint.labels, endpoint.workload, endpoint.identity
+            host.labels, host.workload, host.identity = (
+                endpoint.labels,
+                endpoint.workload,
+                endpoint.identity,
+            )
         return host
 
     def retain(self, keep: Iterable[Host]) -> None:
@@ -410,7 +416,9 @@ class ClusterRuntime:
                 # Ejections changed: balance over the healthy hosts, or over all of them
                 # when too few are healthy (panic mode: degraded beats down).
                 self._healthy = healthy
-                chosen, self.panic = panic_hosts(self.hosts, healthy, self.policy.panic_threshold_percent)
+                chosen, self.panic = panic_hosts(
+                    self.hosts, healthy, self.policy.panic_threshold_percent
+                )
                 self.balancer = self._balancer(tuple(chosen), self.balancer)
         host = self.balancer.pick(avoid, key)
         return host  # type: ignore[return-value]
@@ -433,9 +441,9 @@ class ClusterRuntime:
         }
 
 
-
-
-async def check_host(host: Host, kind: str, path: str, timeout: float, tls: ssl.SSLContext | None) -> bool:
+async def check_host(
+    host: Host, kind: str, path: str, timeout: float, tls: ssl.SSLContext | None
+) -> bool:
     """One active health check: a TCP connect, or an HTTP GET whose status is 2xx/3xx."""
     try:
         async with asyncio.timeout(timeout):

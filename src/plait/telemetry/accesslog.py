@@ -38,7 +38,9 @@ class AccessLog:
         self._stamp = ""
 
     def wants(self, status: int, flags: str) -> bool:
-        return self.sample >= 1.0 or status >= 400 or bool(flags) or self._rng.random() < self.sample
+        return (
+            self.sample >= 1.0 or status >= 400 or bool(flags) or self._rng.random() < self.sample
+        )
 
     def timestamp(self, wall: float) -> str:
         """RFC 3339 with milliseconds; the seconds part is formatted once per second."""

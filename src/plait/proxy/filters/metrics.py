@@ -91,7 +91,11 @@ class ListenerMetrics:
     def _inbound_series(self, peer_id: str) -> RequestSeries:
         series = self._series.get(peer_id)
         if series is None:
-            source = Peer(principal=peer_id, namespace=_principal_namespace(peer_id)) if peer_id else Peer()
+            source = (
+                Peer(principal=peer_id, namespace=_principal_namespace(peer_id))
+                if peer_id
+                else Peer()
+            )
             own = self._own()
             name, ns = self.node.service or UNKNOWN, self.node.namespace
             series = self._series[peer_id] = self.metrics.istio.request_series(
@@ -113,7 +117,12 @@ class ListenerMetrics:
         else:
             series = self._outbound_series(stream.cluster, host)
         series.record(
-            stream.status, stream.flags or "-", "", duration_ms, stream.bytes_received, stream.bytes_sent
+            stream.status,
+            stream.flags or "-",
+            "",
+            duration_ms,
+            stream.bytes_received,
+            stream.bytes_sent,
         )
         if host is not None and stream.cluster is not None:
             key = (stream.cluster.name, host.label)

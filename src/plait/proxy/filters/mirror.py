@@ -37,7 +37,9 @@ def mirror_requests(
     body: bytes | None,
 ) -> None:
     counters = ctx.stats.events
-    if body is None and any(name in (b"content-length", b"transfer-encoding") for name, _ in headers):
+    if body is None and any(
+        name in (b"content-length", b"transfer-encoding") for name, _ in headers
+    ):
         counters["mirror_skipped"] = counters.get("mirror_skipped", 0) + len(mirrors)
         return
     for mirror in mirrors:
