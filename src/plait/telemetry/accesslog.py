@@ -7,31 +7,21 @@ requests; errors (status >= 400 or any response flag) are always logged.
 
 from __future__ import annotations
 
-import json
 import random
-import sys
 import time
-from typing import IO, Any
+
+from plait.telemetry.jsonlines import JsonLines
 
 __all__ = ["AccessLog"]
 
-FLUSH_BYTES = 64 * 1024
 
-
-class AccessLog:
+class AccessLog(JsonLines):
     """Owns its file (closed by `close()`); stdout is flushed but never closed."""
 
-    __slots__ = ("_out", "_owned", "_buffer", "_size", "sample", "_rng", "_second", "_stamp")
+    __slots__ = ("sample", "_rng", "_second", "_stamp")
 
     def __init__(self, target: str = "-", sample: float = 1.0) -> None:
-        if target == "-":
-            self._out: IO[str] = sys.stdout
-            self._owned = False
-        else:
-            self._out = open(target, "a", encoding="utf-8")  # noqa: SIM115 (owned until close)
-            self._owned = True
-        self._buffer: list[str] = []
-        self._size = 0
+        super().__init__(target)
         self.sample = sample
         self._rng = random.Random()
         self._second = -1
@@ -49,25 +39,3 @@ class AccessLog:
             self._second = second
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         return f"{self._stamp}.{int((wall - second) * 1000):03d}Z"
-
-    def write(self, entry: dict[str, Any]) -> None:
-        line = json.dumps(entry, separators=(",", ":")) + "\n"
-        self._buffer.append(line)
-        self._size += len(line)
-        if self._size >= FLUSH_BYTES:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._buffer:
-            try:
-                self._out.write("".join(self._buffer))
-                self._out.flush()
-            except (OSError, ValueError):
-                pass  # a closed stdout must not take the proxy down
-            self._buffer.clear()
-            self._size = 0
-
-    def close(self) -> None:
-        self.flush()
-        if self._owned:
-            self._out.close()

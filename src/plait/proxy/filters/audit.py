@@ -11,8 +11,6 @@ Also what a refused request looks like, as Envoy answers it: 403 with the body
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from collections.abc import Callable
 from typing import IO, Any
@@ -20,6 +18,7 @@ from typing import IO, Any
 from plait.proxy.filters.authz import Decision, RequestAttributes
 from plait.proxy.filters.jwt_authn import AuthnResult
 from plait.proxy.local_reply import local_reply_bytes
+from plait.telemetry.jsonlines import JsonLines
 
 __all__ = [
     "RBAC_DENIED_BODY",
@@ -31,7 +30,6 @@ __all__ = [
 
 RBAC_FLAG = "RBAC"  # Envoy's response flag for a request denied by authorization policy
 RBAC_DENIED_BODY = b"RBAC: access denied"  # Envoy's body, byte for byte
-FLUSH_BYTES = 64 * 1024
 
 
 def rbac_denied_reply(*, close: bool = False) -> bytes:
@@ -44,10 +42,10 @@ def jwt_denied_reply(result: AuthnResult, *, close: bool = False) -> bytes:
     return local_reply_bytes(401, "", result.reason.encode("utf-8", "replace"), close=close)
 
 
-class AuditLog:
+class AuditLog(JsonLines):
     """Owns the file it opens (closed by `close()`); a stream it is given is never closed."""
 
-    __slots__ = ("_out", "_owned", "_buffer", "_size", "destination", "_clock")
+    __slots__ = ("destination", "_clock")
 
     def __init__(
         self,
@@ -56,15 +54,7 @@ class AuditLog:
         destination: str = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._owned = isinstance(target, str) and target != "-"
-        if isinstance(target, str):
-            self._out: IO[str] = (
-                open(target, "a", encoding="utf-8") if self._owned else sys.stdout  # noqa: SIM115
-            )
-        else:
-            self._out = target
-        self._buffer: list[str] = []
-        self._size = 0
+        super().__init__(target)
         self.destination = destination  # this workload, e.g. "reviews-v1.default"
         self._clock = clock
 
@@ -106,23 +96,4 @@ class AuditLog:
             "request_id": request_id,
             **outcome,
         }
-        line = json.dumps(entry, separators=(",", ":")) + "\n"
-        self._buffer.append(line)
-        self._size += len(line)
-        if self._size >= FLUSH_BYTES:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._buffer:
-            try:
-                self._out.write("".join(self._buffer))
-                self._out.flush()
-            except (OSError, ValueError):
-                pass  # a closed or full output must not take the proxy down
-            self._buffer.clear()
-            self._size = 0
-
-    def close(self) -> None:
-        self.flush()
-        if self._owned:
-            self._out.close()
+        self.write(entry)
