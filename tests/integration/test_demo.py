@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -54,6 +55,10 @@ def test_bookinfo_demo_serves_productpage_through_the_gateway(tmp_path: Path) ->
         assert len(versions) >= 2, versions
         status = demo.plait("status")
         assert status.returncode == 0 and status.stdout.count("SYNCED") == 7, status.stdout
+        modes = {
+            p["name"]: p["mode"] for p in json.loads(demo.plait("status", "-o", "json").stdout)
+        }
+        assert modes["bookinfo-gateway"] == "gateway" and modes["reviews-v1-0"] == "sidecar"
         children = descendants(demo.process.pid)
         assert len(children) >= 14  # control plane, 6 apps, 6 sidecars, the gateway
     assert demo.process.returncode == 0, "".join(demo.lines)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -111,6 +112,10 @@ class ControlPlane:
             await asyncio.sleep(0.02)
         self.api_port = self._uvicorn.servers[0].sockets[0].getsockname()[1]
         self._retire_task = asyncio.get_running_loop().create_task(self._retire_roots())
+        # Everything loaded so far lives as long as the process: keep the garbage collector
+        # from re-scanning it on every full collection (a pause of ~250 ms per change at
+        # 10,000 endpoints, measured by bench/convergence.py).
+        gc.freeze()
 
     async def _retire_roots(self) -> None:
         """Drop previous roots once their certificates have all expired (checked every 10 min)."""

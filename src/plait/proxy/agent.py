@@ -85,7 +85,9 @@ class ControlAgent:
         ca_bundle: bytes | None = None,
         join_token: str | None = None,
         control_id: str | None = None,
+        mode: str = "sidecar",
     ) -> None:
+        self.mode = mode  # sidecar | gateway: shown by `plait status` and the dashboard
         self.address = address
         self.node = node
         self.config = config
@@ -175,7 +177,11 @@ class ControlAgent:
         )
         health = self.health.status if self.health else "unknown"
         hello = wire.hello(
-            node_dict(self.node), self.addresses, endpoint, self.state.version, health
+            {**node_dict(self.node), "mode": self.mode},
+            self.addresses,
+            endpoint,
+            self.state.version,
+            health,
         )
         if self.certs is not None and self.certs.identity is None:
             if not self.join_token:

@@ -260,6 +260,7 @@ class Proxy:
             ca_bundle=self.options.ca_bundle,
             join_token=self.options.join_token,
             control_id=f"spiffe://{self.options.trust_domain}/ns/plait-system/sa/plait-control",
+            mode=self.options.mode,
         )
 
     @property
