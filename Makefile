@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 # Debian packages the tests drive as real peers and clients (command -> package).
-TEST_DEBS := curl:curl wrk:wrk tshark:tshark testssl:testssl.sh haproxy:haproxy nginx:nginx-light prometheus:prometheus chromium:chromium
+TEST_DEBS := curl:curl wrk:wrk tshark:tshark testssl:testssl.sh haproxy:haproxy nginx:nginx-light prometheus:prometheus chromium:chromium h2load:nghttp2-client redis-server:redis-server redis-cli:redis-tools iptables:iptables ping:iputils-ping
 MESH   ?= examples/bookinfo/mesh.yaml
 PYTEST_ARGS ?=
 
