@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography import x509
+from plait.identity.certinfo import parse_der
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 __all__ = ["SpiffeId", "peer_spiffe_id", "validate_name", "validate_trust_domain"]
 
@@ -115,12 +119,15 @@ def peer_spiffe_id(cert: bytes | x509.Certificate) -> str | None:
     /ns/<ns>/sa/<sa> shape here, so IDs from other SPIFFE issuers compare as plain strings.
     """
     if isinstance(cert, bytes):
-        cert = x509.load_der_x509_certificate(cert)
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return None
-    uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
+        uris: list[str] | tuple[str, ...] = parse_der(cert).uris  # no `cryptography` needed
+    else:
+        from cryptography import x509
+
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        except x509.ExtensionNotFound:
+            return None
+        uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
     if len(uris) != 1 or not uris[0].startswith(SCHEME):
         return None
     return uris[0]

@@ -27,9 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
+from plait.identity.certinfo import first_pem_certificate, parse_der
 from plait.identity.spiffe import peer_spiffe_id
 
 __all__ = [
@@ -190,22 +188,35 @@ class Identity:
     def from_pem(cls, cert_pem: bytes, key_pem: bytes, bundle_pem: bytes) -> Identity:
         """Reads the leaf's SPIFFE ID, validity and serial; ValueError if the key is not the
         leaf's or the leaf has no SPIFFE ID."""
-        leaf = x509.load_pem_x509_certificates(cert_pem)[0]
-        key = serialization.load_pem_private_key(key_pem, password=None)
-        if key.public_key() != leaf.public_key():
-            raise ValueError("the private key does not belong to the certificate")
-        spiffe_id = peer_spiffe_id(leaf)
+        leaf_der = first_pem_certificate(cert_pem)
+        leaf = parse_der(leaf_der)
+        spiffe_id = peer_spiffe_id(leaf_der)
         if spiffe_id is None:
             raise ValueError("the certificate has no SPIFFE ID")
-        x509.load_pem_x509_certificates(bundle_pem)  # raises ValueError if empty or malformed
+        # OpenSSL checks that the key is the leaf's and that the bundle parses (without
+        # importing `cryptography` into the proxy: see certinfo).
+        probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        try:
+            with _pem_files(cert_pem, key_pem) as (cert_path, key_path):
+                probe.load_cert_chain(cert_path, key_path)
+        except ssl.SSLError as exc:
+            raise ValueError(
+                f"the private key does not belong to the certificate ({exc})"
+            ) from None
+        if b"-----BEGIN CERTIFICATE-----" not in bundle_pem:
+            raise ValueError("the trust bundle holds no PEM certificate")
+        try:
+            probe.load_verify_locations(cadata=bundle_pem.decode("ascii"))
+        except (ssl.SSLError, UnicodeDecodeError) as exc:
+            raise ValueError(f"malformed trust bundle ({exc})") from None
         return cls(
             spiffe_id,
             cert_pem,
             key_pem,
             bundle_pem,
-            leaf.not_valid_before_utc,
-            leaf.not_valid_after_utc,
-            leaf.serial_number,
+            leaf.not_before,
+            leaf.not_after,
+            leaf.serial,
         )
 
     def server_context(

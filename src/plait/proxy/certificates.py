@@ -14,11 +14,13 @@ from __future__ import annotations
 import logging
 import random
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from plait.identity.csr import generate_key, key_to_pem, load_key, make_csr, write_file_atomic
+from plait.identity.certinfo import first_pem_certificate, parse_der
+from plait.identity.csr import key_and_csr_in_child, write_file_atomic
 from plait.identity.spiffe import SpiffeId
 from plait.identity.tls import Identity, RotatingServerContext
 
@@ -30,6 +32,9 @@ log = logging.getLogger("plait.proxy.certificates")
 # certificate then has 12 h of slack for a control-plane outage.
 RENEW_FRACTION = 0.5
 RENEW_JITTER = 0.1
+# Start making the next key this long before the renewal is due (agents check every few s).
+KEYGEN_LEAD = 60.0
+_PLACEHOLDER = SpiffeId("cluster.local", "default", "unknown")
 
 
 class CertificateManager:
@@ -39,6 +44,9 @@ class CertificateManager:
         self.state_dir = state_dir
         self._rng = rng or random.Random()
         self._pending_key_pem: bytes | None = None
+        # The next renewal's key and CSR, made ahead by a worker thread (see csr()).
+        self._next: tuple[bytes, bytes] | None = None
+        self._next_maker: threading.Thread | None = None
         self.identity: Identity | None = None
         self.server: RotatingServerContext | None = None
         self._client: ssl.SSLContext | None = None
@@ -78,11 +86,35 @@ class CertificateManager:
 
     # signing requests ----------------------------------------------------------------
     def csr(self, spiffe_id: SpiffeId | None = None) -> bytes:
-        """A CSR over a fresh key (kept until the certificate for it is installed)."""
-        key = generate_key()
-        self._pending_key_pem = key_to_pem(key)
-        placeholder = spiffe_id or SpiffeId("cluster.local", "default", "unknown")
-        return make_csr(load_key(self._pending_key_pem), placeholder)
+        """A CSR over a fresh key (kept until the certificate for it is installed).
+
+        Keys are made by a child process (plait.identity.csr); shortly before a renewal
+        is due a worker thread makes the next one, so the renewal does not pause the event
+        loop for the child's start-up. The CSR's SAN is only a hint (the CA decides the identity), so a
+        key made ahead serves any request.
+        """
+        maker = self._next_maker
+        if maker is not None:
+            maker.join()
+            self._next_maker = None
+        made, self._next = self._next, None
+        if made is None or spiffe_id is not None:
+            made = key_and_csr_in_child(spiffe_id or _PLACEHOLDER)
+        self._pending_key_pem, csr_pem = made
+        return csr_pem
+
+    def _make_next_key(self) -> None:
+        if self._next_maker is not None or self._next is not None:
+            return
+
+        def make() -> None:
+            try:
+                self._next = key_and_csr_in_child(_PLACEHOLDER)
+            except Exception:  # noqa: BLE001 - csr() then makes one in line
+                log.warning("could not make the next key ahead of time", exc_info=True)
+
+        self._next_maker = threading.Thread(target=make, name="plait-keygen", daemon=True)
+        self._next_maker.start()
 
     def install(self, chain_pem: bytes, bundle_pem: bytes) -> Identity:
         """Adopt a certificate for the key of the last `csr()`; raises ValueError if it is not."""
@@ -138,7 +170,10 @@ class CertificateManager:
         return self._client
 
     def needs_renewal(self, now: float | None = None) -> bool:
-        return self.identity is None or (now or time.time()) >= self.renew_at
+        now = now or time.time()
+        if self.identity is not None and now >= self.renew_at - KEYGEN_LEAD:
+            self._make_next_key()  # ready by the time the renewal's csr() asks for it
+        return self.identity is None or now >= self.renew_at
 
     def status(self) -> dict[str, object]:
         identity = self.identity
@@ -158,11 +193,5 @@ class CertificateManager:
 
 def _authority_key_id(cert_pem: bytes) -> str | None:
     """Which root signed the certificate (its key id): shows a CA rotation taking effect."""
-    from cryptography import x509
-
-    leaf = x509.load_pem_x509_certificates(cert_pem)[0]
-    try:
-        aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-    except x509.ExtensionNotFound:
-        return None
-    return aki.key_identifier.hex() if aki.key_identifier else None
+    key_id = parse_der(first_pem_certificate(cert_pem)).authority_key_id
+    return key_id.hex() if key_id else None

@@ -23,19 +23,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import json
 import time
-import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any
+from types import MappingProxyType, ModuleType
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-import jwt
-from jwt.api_jws import PyJWS
-
 from plait.config.policy import DEFAULT_JWKS_TIMEOUT_MS, JwtRule
+
+if TYPE_CHECKING:
+    from jwt.api_jws import PyJWS
 
 __all__ = [
     "CLOCK_SKEW",
@@ -63,8 +63,23 @@ _ASYMMETRIC = _RSA | set(_EC.values()) | {"EdDSA"}
 # then); `exp`, `nbf` and audiences are checked on every request.
 JWT_CACHE_SIZE = 100
 JWT_CACHE_TTL = 300.0
-_JWS = PyJWS()
+
 _NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
+
+
+def _pyjwt() -> ModuleType:
+    """PyJWT, imported on first use: it pulls in `cryptography` (about 10 MiB of RSS), which a
+    proxy without RequestAuthentication never needs."""
+    import jwt
+
+    return jwt
+
+
+@functools.cache
+def _jws() -> PyJWS:
+    from jwt.api_jws import PyJWS
+
+    return PyJWS()
 
 
 class JwksError(ValueError):
@@ -105,6 +120,7 @@ class KeySet:
             algorithms = _algorithms(jwk)
             if not algorithms:
                 continue
+            jwt = _pyjwt()
             try:
                 key = jwt.PyJWK(jwk, algorithm=min(algorithms)).key
             except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError) as e:
@@ -343,9 +359,10 @@ class JwtAuthenticator:
         candidates = keys.candidates(kid if isinstance(kid, str) else None, alg)
         if not candidates:
             raise _Failed("Jwks doesn't have key to match kid or alg from Jwt")
+        jwt = _pyjwt()
         for key in candidates:
             try:
-                verified = _JWS.decode_complete(token, key.key, algorithms=[alg])
+                verified = _jws().decode_complete(token, key.key, algorithms=[alg])
             except jwt.InvalidSignatureError:
                 continue
             except jwt.PyJWTError as e:
@@ -425,6 +442,8 @@ MAX_JWKS_BYTES = 1 << 20  # 1 MiB: real key sets are a few KiB
 
 def fetch_url(uri: str, timeout: float) -> bytes:
     """GET a JWKS (blocking; run it in a thread)."""
+    import urllib.request  # only proxies with remote key sets pay for it
+
     request = urllib.request.Request(uri, headers={"accept": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (http(s) checked)
         body: bytes = response.read(MAX_JWKS_BYTES + 1)
