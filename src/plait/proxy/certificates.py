@@ -90,8 +90,8 @@ class CertificateManager:
 
         Keys are made by a child process (plait.identity.csr); shortly before a renewal
         is due a worker thread makes the next one, so the renewal does not pause the event
-        loop for the child's start-up. The CSR's SAN is only a hint (the CA decides the identity), so a
-        key made ahead serves any request.
+        loop for the child's start-up. The CSR's SAN is only a hint (the CA decides the
+        identity), so a key made ahead serves any request.
         """
         maker = self._next_maker
         if maker is not None:
