@@ -16,7 +16,7 @@ import json
 import subprocess
 import sys
 import urllib.request
-from typing import Any
+from typing import Any, ClassVar
 
 from bench.net import free_port, wait_until
 from bench.systems import System, Target
@@ -43,6 +43,7 @@ spec:
 class PlaitPair(System):
     name = "plait"
     label = "plait pair"
+    resources: ClassVar[str] = RESOURCES  # what is applied (bench/grpc_h2.py: protocol grpc)
 
     def start(self) -> Target:
         self.data = self.workdir / "control"
@@ -62,7 +63,7 @@ class PlaitPair(System):
         )
         wait_until(self._control_up, 20, "the plait control plane")
         self.admin_token = (self.data / "admin-token").read_text().strip()
-        self._call("POST", "/api/v1/apply", RESOURCES.encode(), "application/yaml")
+        self._call("POST", "/api/v1/apply", self.resources.encode(), "application/yaml")
 
         self.ports = {k: free_port() for k in ("out", "client_admin", "in", "server_admin")}
         common = [

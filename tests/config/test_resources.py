@@ -13,6 +13,7 @@ from plait.config.resources import (
     AuthorizationPolicy,
     DestinationRule,
     Gateway,
+    GRPCRoute,
     HTTPRoute,
     PeerAuthentication,
     RequestAuthentication,
@@ -90,6 +91,16 @@ metadata: {name: db-0}
 spec: {address: 10.0.0.7, port: 5432, labels: {app: db}, serviceAccount: db}
 """,
     HTTPRoute: ROUTE,
+    GRPCRoute: """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: greeter}
+spec:
+  parentRefs: [{group: "", kind: Service, name: greeter, port: 50051}]
+  rules:
+    - matches: [{method: {service: helloworld.Greeter, method: SayHello}}]
+      backendRefs: [{name: greeter-v2, port: 50051}]
+""",
     Gateway: """\
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway

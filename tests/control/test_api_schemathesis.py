@@ -95,6 +95,7 @@ def test_the_spec_lists_every_operation() -> None:
         ("POST", "/api/v1/tokens"),
         ("GET", "/api/v1/ca"),
         ("POST", "/api/v1/ca/rotate"),
+        ("GET", "/api/v1/services/vips"),
         ("GET", "/api/v1/proxies"),
         ("GET", "/api/v1/analyze"),
     ]

@@ -103,6 +103,42 @@ def test_grpc_conditions_read_grpc_status() -> None:
     assert not p.should_retry(Outcome(status=200, grpc_status=2, **GET), 0)  # UNKNOWN
 
 
+def test_listed_grpc_statuses_are_retried_for_post_calls() -> None:
+    """Every gRPC call is a POST: the listed status, not the method, says it is safe."""
+    p = RetryPolicy(grpc_statuses=frozenset({14}))
+    assert p.grpc_statuses == frozenset({14})
+    assert p.should_retry(Outcome(status=200, grpc_status=14, **POST), 0)
+    assert not p.should_retry(Outcome(status=200, grpc_status=14, **POST), 2)  # attempts spent
+    assert not p.should_retry(Outcome(status=200, grpc_status=4, **POST), 0)
+    assert not p.should_retry(Outcome(status=200, **POST), 0)  # no grpc-status at all
+    big = Outcome(status=200, grpc_status=14, replayable=False, **POST)
+    assert not p.should_retry(big, 0)  # the body is gone: nothing to replay
+
+
+def test_grpc_statuses_come_from_the_config_and_from_condition_names() -> None:
+    cfg = RetryPolicyConfig(retry_on=("5xx", "cancelled"), grpc_statuses=frozenset({14, 8}))
+    p = RetryPolicy.from_config(cfg)
+    assert p.grpc_statuses == frozenset({1, 8, 14})
+    assert p.statuses == frozenset(range(500, 600))
+    assert DEFAULT_RETRY_POLICY.grpc_statuses == frozenset()
+
+
+def test_retry_config_grpc_statuses_round_trip_and_are_checked() -> None:
+    cfg = RetryPolicyConfig(grpc_statuses=frozenset({14, 1}))
+    data = cfg.to_dict()
+    assert data["grpc_statuses"] == [1, 14]  # sorted: equal policies are equal dicts
+    assert RetryPolicyConfig.from_dict(data, "r") == cfg
+    assert RetryPolicyConfig.from_dict({}, "r").grpc_statuses == frozenset()
+    for bad, message in (
+        ([0], r"r\.grpc_statuses: 0 is not a gRPC error status"),
+        ([17], r"r\.grpc_statuses: 17 is not"),
+        (["14"], r"r\.grpc_statuses\[0\]: expected int"),
+        (14, r"r\.grpc_statuses: expected a list"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            RetryPolicyConfig.from_dict({"grpc_statuses": bad}, "r")
+
+
 def test_non_idempotent_requests_are_retried_only_when_unseen() -> None:
     p = policy("5xx")
     assert not p.should_retry(Outcome(status=503, **POST), 0)

@@ -69,6 +69,10 @@ class ApiClient:
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
         return self._call("GET", _resource_path(kind, namespace, name))
 
+    def service_vips(self) -> dict[str, Any]:
+        """Every Service's VIP: {"serviceCIDR": ..., "items": [{namespace, name, vip}]}."""
+        return self._call("GET", "/api/v1/services/vips")
+
     def delete(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
         return self._call("DELETE", _resource_path(kind, namespace, name))
 

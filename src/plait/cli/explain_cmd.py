@@ -90,7 +90,9 @@ def explain(proxies: list[dict[str, Any]], args: argparse.Namespace) -> dict[str
         "fault_delay_ms": decision.delay_ms or None,
         "retries": {
             "attempts": retry.attempts,
-            "on": sorted(retry.failures) + sorted(retry.statuses),
+            "on": sorted(retry.failures)
+            + sorted(retry.statuses)
+            + [f"grpc-status {code}" for code in sorted(retry.grpc_statuses)],
         },
         "mirrors": [f"{m.service}.{m.namespace}" for m in decision.mirrors],
         "rewrite": (decision.path or b"").decode() or None,

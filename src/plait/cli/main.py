@@ -14,6 +14,11 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "proxy": ("plait.proxy.cli", "run a proxy (sidecar, node or gateway)"),
     "up": ("plait.local.up", "run a mesh file locally: apps, proxies, gateway"),
+    "run": ("plait.local.run", "run an app with its sidecar: plait run [...] -- CMD ..."),
+    "capture": (
+        "plait.local.capture",
+        "install or remove the iptables rules of transparent capture",
+    ),
     "control": ("plait.control.server", "run the control plane (API, registry, push)"),
     "apply": (
         "plait.cli.resources_cmd",

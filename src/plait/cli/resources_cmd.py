@@ -99,7 +99,13 @@ def add_get_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("-n", "--namespace", default="default", help="the namespace (default: default)")
     p.add_argument("-A", "--all-namespaces", action="store_true", help="list across all namespaces")
-    p.add_argument("-o", "--output", choices=("table", "yaml", "json"), default="table")
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "wide", "yaml", "json"),
+        default="table",
+        help="wide: a table with more columns (a Service's VIP)",
+    )
     add_connection(p)
 
 
@@ -129,11 +135,18 @@ def run_get(args: argparse.Namespace) -> int:
         print(yaml.safe_dump_all(objects, sort_keys=False), end="")
     else:
         header = ["KIND"] * every_kind + ["NAMESPACE", "NAME", "REVISION", "CREATED"]
-        rows = (
+        rows = [
             [item["kind"]] * every_kind
             + [item["namespace"], item["name"], item["revision"], item["createRevision"]]
             for item in items
-        )
+        ]
+        if args.output == "wide":
+            # The VIP mesh DNS answers for a Service (allocated by the control plane).
+            vips = {(v["namespace"], v["name"]): v["vip"] for v in api.service_vips()["items"]}
+            header.append("VIP")
+            for item, row in zip(items, rows, strict=True):
+                key = (item["namespace"], item["name"])
+                row.append(vips.get(key, "-") if item["kind"] == "Service" else "-")
         print(table(header, rows), end="")
     return 0
 

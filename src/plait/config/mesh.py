@@ -16,8 +16,12 @@ from pydantic import Field, model_validator
 
 from plait.config.errors import ConfigError, ConfigErrors
 from plait.config.resources import (
+    BackendObjectReference,
     DNSLabel,
+    GRPCRoute,
+    GRPCRouteRule,
     HTTPRoute,
+    HTTPRouteRule,
     Items,
     Labels,
     Port,
@@ -31,7 +35,15 @@ from plait.config.resources import (
 )
 from plait.config.yamlio import Document, FieldPath, load_documents
 
-__all__ = ["AppSpec", "GatewaySpec", "HealthCheck", "MeshFile", "load_mesh_file", "parse_mesh"]
+__all__ = [
+    "AppSpec",
+    "GatewaySpec",
+    "HealthCheck",
+    "MeshFile",
+    "TcpOutbound",
+    "load_mesh_file",
+    "parse_mesh",
+]
 
 # The interpreter running `plait up`: the demo apps then need no separate installation.
 _OWN_PYTHON = ("python", "python3")
@@ -42,6 +54,15 @@ class HealthCheck:
     """How the runner decides an instance is up: an HTTP GET of `http_path`, else a TCP connect."""
 
     http_path: str | None = None
+
+
+@dataclass(frozen=True)
+class TcpOutbound:
+    """A TCP service port an app reaches through a local port of its proxy."""
+
+    service: str
+    port: int
+    env: str  # e.g. REDIS_ADDR=127.0.0.1:40123 in the app's environment
 
 
 @dataclass(frozen=True)
@@ -57,6 +78,9 @@ class AppSpec:
     replicas: int
     env: Mapping[str, str]
     health: HealthCheck
+    # TCP services the app calls without capture: each gets a local port on its proxy
+    # (`--tcp-outbound`), whose address the app finds in the environment variable named.
+    tcp_outbound: tuple[TcpOutbound, ...] = ()
 
     def instance_names(self) -> tuple[str, ...]:
         return tuple(f"{self.name}-{i}" for i in range(self.replicas))
@@ -82,6 +106,8 @@ class MeshFile:
     control_port: int = 15014
     # Every proxy exports spans to this OTLP/HTTP collector, sampling this fraction of traces.
     tracing: tuple[str, float] | None = None
+    # "sidecar" (a proxy per app instance) or "node" (one `plait proxy --mode node` for all).
+    proxy_mode: str = "sidecar"
 
 
 class _HttpGet(StrictModel):
@@ -103,6 +129,12 @@ class _Health(StrictModel):
         return self
 
 
+class _TcpOutbound(StrictModel):
+    service: DNSLabel
+    port: Port
+    env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 class _App(StrictModel):
     name: DNSLabel
     service: DNSLabel
@@ -112,6 +144,7 @@ class _App(StrictModel):
     replicas: int = Field(default=1, ge=0)
     env: Labels = Field(default_factory=dict)
     health: _Health = Field(default_factory=_Health)
+    tcp_outbound: Items[_TcpOutbound] = ()
 
 
 class _Gateway(StrictModel):
@@ -130,6 +163,8 @@ class _Tracing(StrictModel):
 
 class _MeshSpec(StrictModel):
     namespace: DNSLabel = "default"
+    # sidecar: a proxy beside each app instance; node: one proxy for all of them (node mode).
+    proxy_mode: Literal["sidecar", "node"] = "sidecar"
     control: _Control = Field(default_factory=_Control)
     gateway: _Gateway | None = None
     tracing: _Tracing | None = None
@@ -187,6 +222,10 @@ def parse_mesh(text: str, filename: str) -> MeshFile:
     ConfigErrors.raise_if_any(errors)
     assert mesh is not None  # else raise_if_any raised its error
     ConfigErrors.raise_if_any(_Checker(filename, mesh, mesh_doc, placed).errors())
+    if mesh.spec.proxy_mode == "node" and any(app.tcp_outbound for app in mesh.spec.apps):
+        raise mesh_doc.error(
+            filename, ("spec", "proxyMode"), "tcpOutbound listeners need proxyMode: sidecar"
+        )
     gateway = mesh.spec.gateway
     return MeshFile(
         path=filename,
@@ -196,6 +235,7 @@ def parse_mesh(text: str, filename: str) -> MeshFile:
         apps=tuple(_app_spec(app, namespace) for app in mesh.spec.apps),
         resources=tuple(r for r, _ in placed),
         control_port=mesh.spec.control.port,
+        proxy_mode=mesh.spec.proxy_mode,
         tracing=(mesh.spec.tracing.endpoint, mesh.spec.tracing.sample)
         if mesh.spec.tracing
         else None,
@@ -217,6 +257,7 @@ def _app_spec(app: _App, namespace: str) -> AppSpec:
         replicas=app.replicas,
         env=dict(app.env),
         health=HealthCheck(http_get.path if http_get else None),
+        tcp_outbound=tuple(TcpOutbound(t.service, t.port, t.env) for t in app.tcp_outbound),
     )
 
 
@@ -242,7 +283,7 @@ class _Checker:
         self._apps()
         self._gateway()
         for resource, doc in self.placed:
-            if isinstance(resource, HTTPRoute):
+            if isinstance(resource, HTTPRoute | GRPCRoute):
                 self._route(resource, doc)
         return self.found
 
@@ -292,6 +333,15 @@ class _Checker:
             if app.port not in ports:
                 reason = f"{app.port} is not a port of Service {app.service!r} {ports}"
                 self._fail(self.mesh_doc, (*at, "port"), reason)
+            for j, tcp in enumerate(app.tcp_outbound):
+                target = self._service(namespace, tcp.service)
+                where: FieldPath = (*at, "tcpOutbound", j)
+                if target is None:
+                    reason = _missing("Service", namespace, tcp.service)
+                    self._fail(self.mesh_doc, (*where, "service"), reason)
+                elif tcp.port not in [p.port for p in target.spec.ports]:
+                    reason = f"{tcp.port} is not a port of Service {tcp.service!r}"
+                    self._fail(self.mesh_doc, (*where, "port"), reason)
 
     def _gateway(self) -> None:
         gateway = self.mesh.spec.gateway
@@ -300,15 +350,17 @@ class _Checker:
             reason = _missing("Gateway", namespace, gateway.name)
             self._fail(self.mesh_doc, ("spec", "gateway", "name"), reason)
 
-    def _route(self, route: HTTPRoute, doc: Document) -> None:
+    def _route(self, route: HTTPRoute | GRPCRoute, doc: Document) -> None:
         own = route.metadata.namespace
         for i, parent in enumerate(route.spec.parent_refs):
             namespace = parent.namespace or own
             if not self._has(parent.kind, namespace, parent.name):
                 reason = _missing(parent.kind, namespace, parent.name)
                 self._fail(doc, ("spec", "parentRefs", i, "name"), reason)
-        for i, rule in enumerate(route.spec.rules):
-            for j, backend in enumerate(rule.backend_refs):
+        rules: tuple[HTTPRouteRule | GRPCRouteRule, ...] = route.spec.rules
+        for i, rule in enumerate(rules):
+            backends: tuple[BackendObjectReference, ...] = rule.backend_refs
+            for j, backend in enumerate(backends):
                 at: FieldPath = ("spec", "rules", i, "backendRefs", j)
                 namespace = backend.namespace or own
                 service = self._service(namespace, backend.name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -35,6 +35,12 @@ __all__ = [
     "DNSLabel",
     "DestinationRule",
     "Duration",
+    "GRPCBackendRef",
+    "GRPCMethodMatch",
+    "GRPCRoute",
+    "GRPCRouteFilter",
+    "GRPCRouteMatch",
+    "GRPCRouteRule",
     "Gateway",
     "HTTPBackendRef",
     "HTTPRoute",
@@ -396,6 +402,98 @@ class HTTPRoute(_Resource):
     spec: HTTPRouteSpec
 
 
+# --- gateway.networking.k8s.io/v1: GRPCRoute -----------------------------------------------------
+# The GRPCRoute spec's patterns for Exact names: a dotted proto package + service, a method.
+_GRPC_SERVICE = re.compile(r"\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*", re.IGNORECASE)
+_GRPC_METHOD = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
+
+
+class GRPCMethodMatch(StrictModel):
+    """`service` is the proto's `package.Service`, `method` the RPC; the request path is
+    `/service/method`. Omitting one matches every value of it."""
+
+    type: Literal["Exact", "RegularExpression"] = "Exact"
+    service: str | None = Field(default=None, min_length=1, max_length=1024)
+    method: str | None = Field(default=None, min_length=1, max_length=1024)
+
+    @model_validator(mode="after")
+    def _names(self) -> GRPCMethodMatch:
+        if self.service is None and self.method is None:
+            raise ValueError("one or both of service and method must be set")
+        if self.type == "Exact":
+            if self.service is not None and not _GRPC_SERVICE.fullmatch(self.service):
+                raise ValueError(
+                    f"service {self.service!r} is not a gRPC service name (package.Service)"
+                )
+            if self.method is not None and not _GRPC_METHOD.fullmatch(self.method):
+                raise ValueError(f"method {self.method!r} is not a gRPC method name")
+        return self
+
+
+class GRPCRouteMatch(StrictModel):
+    method: GRPCMethodMatch | None = None  # none: every method of every service
+    headers: Items[HTTPHeaderMatch] = ()  # GRPCHeaderMatch has HTTPHeaderMatch's shape
+
+
+_GRPC_FILTER_FIELDS = {
+    "RequestHeaderModifier": "request_header_modifier",
+    "ResponseHeaderModifier": "response_header_modifier",
+    "RequestMirror": "request_mirror",
+    "ExtensionRef": "extension_ref",
+}
+
+
+class GRPCRouteFilter(StrictModel):
+    """One filter of the GRPCRoute spec's four types (no redirect or rewrite for gRPC)."""
+
+    type: Literal[
+        "RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror", "ExtensionRef"
+    ]
+    request_header_modifier: HTTPHeaderFilter | None = None
+    response_header_modifier: HTTPHeaderFilter | None = None
+    request_mirror: HTTPRequestMirrorFilter | None = None
+    extension_ref: LocalObjectReference | None = None
+    # Read like HTTPRouteFilter's by the compiler: never set for gRPC.
+    request_redirect: ClassVar[None] = None
+    url_rewrite: ClassVar[None] = None
+
+    @model_validator(mode="after")
+    def _one_config(self) -> GRPCRouteFilter:
+        wanted = _GRPC_FILTER_FIELDS[self.type]
+        present = [f for f in _GRPC_FILTER_FIELDS.values() if getattr(self, f) is not None]
+        if present != [wanted]:
+            raise ValueError(f"a {self.type} filter sets `{to_camel(wanted)}` and no other")
+        return self
+
+
+class GRPCBackendRef(BackendObjectReference):
+    weight: Annotated[int, Field(ge=0, le=1_000_000)] = 1
+    filters: Items[GRPCRouteFilter] = ()
+
+
+class GRPCRouteRule(StrictModel):
+    name: str | None = None
+    matches: Items[GRPCRouteMatch] = ()  # none: every call
+    filters: Items[GRPCRouteFilter] = ()
+    backend_refs: Items[GRPCBackendRef] = ()
+    # plait's extension, as on HTTPRoute rules; retryOn takes gRPC's `unavailable`, ...
+    retry: HTTPRouteRetry | None = None
+
+
+class GRPCRouteSpec(StrictModel):
+    parent_refs: SomeItems[ParentReference]  # as HTTPRoute's: a route must attach somewhere
+    hostnames: Items[Hostname] = ()
+    rules: SomeItems[GRPCRouteRule]
+
+
+class GRPCRoute(_Resource):
+    """Routing for gRPC callers, matching on service and method (GAMMA: parent a Service)."""
+
+    api_version: Literal["gateway.networking.k8s.io/v1"]
+    kind: Literal["GRPCRoute"]
+    spec: GRPCRouteSpec
+
+
 # --- gateway.networking.k8s.io/v1: Gateway -------------------------------------------------------
 
 
@@ -714,6 +812,7 @@ Resource = (
     Service
     | Workload
     | HTTPRoute
+    | GRPCRoute
     | Gateway
     | DestinationRule
     | AuthorizationPolicy
@@ -725,6 +824,7 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
     ("plait.dev/v1", "Service"): Service,
     ("plait.dev/v1", "Workload"): Workload,
     (GATEWAY_API, "HTTPRoute"): HTTPRoute,
+    (GATEWAY_API, "GRPCRoute"): GRPCRoute,
     (GATEWAY_API, "Gateway"): Gateway,
     ("networking.istio.io/v1", "DestinationRule"): DestinationRule,
     ("security.istio.io/v1", "AuthorizationPolicy"): AuthorizationPolicy,

@@ -12,6 +12,7 @@ Errors name the field path (`clusters[2].endpoints[0].port: expected an integer`
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import re._parser as _sre
 from collections.abc import Mapping
@@ -51,6 +52,8 @@ PATH_MODIFIER_TYPES = ("ReplaceFullPath", "ReplacePrefixMatch")
 REDIRECT_CODES = (301, 302, 303, 307, 308)
 PARENT_KINDS = ("Service", "Gateway")
 MTLS_MODES = ("STRICT", "PERMISSIVE", "DISABLE")
+# A Service port's `protocol` (config.resources.ServicePort).
+PORT_PROTOCOLS = ("http", "http2", "grpc", "tcp")
 
 T = TypeVar("T")
 
@@ -161,12 +164,30 @@ class Cluster:
     endpoints: tuple[Endpoint, ...] = ()
     # Balancing, limits, outlier detection, TLS: from DestinationRule / TrafficPolicy.
     policy: ClusterPolicy = field(default_factory=ClusterPolicy)
+    # The service's virtual IP (Kubernetes' ClusterIP), allocated by the control plane: mesh
+    # DNS answers it, and a captured connection to it (Host missing or an IP) routes here.
+    vip: str = ""
+    # The protocol of each port in `ports` (same order; empty: none declared). `tcp` skips
+    # protocol detection; http2/grpc tell the proxy to speak h2c to the app.
+    protocols: tuple[str, ...] = ()
+
+    def protocol(self, port: int) -> str:
+        """The declared protocol of `port` ("" when undeclared or not a port of this service)."""
+        for i, p in enumerate(self.ports):
+            if p == port:
+                return self.protocols[i] if i < len(self.protocols) else ""
+        return ""
 
     @property
-    def hostnames(self) -> tuple[str, ...]:
+    def dns_names(self) -> tuple[str, ...]:
         """Names a caller may use for this service, as Kubernetes DNS would resolve them."""
         n, ns = self.name, self.namespace
         return (n, f"{n}.{ns}", f"{n}.{ns}.svc", f"{n}.{ns}.svc.cluster.local")
+
+    @property
+    def hostnames(self) -> tuple[str, ...]:
+        """What a Host header may say to reach this service: its DNS names and its VIP."""
+        return (*self.dns_names, self.vip) if self.vip else self.dns_names
 
     @classmethod
     def from_dict(cls, data: Any, path: str) -> Cluster:
@@ -176,15 +197,37 @@ class Cluster:
             if isinstance(p, bool) or not isinstance(p, int):
                 raise SnapshotError(f"{where}: expected an integer")
             ports.append(_port(p, where))
+        protocols = []
+        for where, p in r.items("protocols"):
+            if p not in PORT_PROTOCOLS:
+                raise SnapshotError(f"{where}: must be one of {', '.join(PORT_PROTOCOLS)}")
+            protocols.append(p)
+        if protocols and len(protocols) != len(ports):
+            raise SnapshotError(
+                f"{path}.protocols: {len(protocols)} protocols for {len(ports)} ports "
+                "(one per port, in the same order)"
+            )
         c = cls(
             name=r.get("name", str, required=True),
             namespace=r.get("namespace", str, "default"),
             ports=tuple(ports),
             endpoints=tuple(Endpoint.from_dict(e, w) for w, e in r.items("endpoints")),
             policy=_cluster_policy(r.get("policy", Mapping, None), f"{path}.policy"),
+            vip=_ipv4(r.get("vip", str, ""), f"{path}.vip"),
+            protocols=tuple(protocols),
         )
         r.done()
         return c
+
+
+def _ipv4(value: str, where: str) -> str:
+    """A dotted-quad IPv4 address (or empty): a VIP is matched as a Host and answered in DNS."""
+    if value:
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise SnapshotError(f"{where}: {value!r} is not an IPv4 address") from None
+    return value
 
 
 def _cluster_policy(raw: Any, path: str) -> ClusterPolicy:
@@ -903,6 +946,18 @@ class Snapshot:
     # Inbound PeerAuthentication mode; STRICT by default (plaintext to the inbound refused).
     mtls_mode: str = "STRICT"
 
+    def app_protocol(self, app_port: int = 0) -> str:
+        """The protocol this node's app declared: its service's port `app_port`, or the only
+        port that service has ("" when the service or the port is not known)."""
+        node = self.node
+        for c in self.clusters:
+            if (c.name, c.namespace) == (node.service, node.namespace):
+                declared = c.protocol(app_port)
+                if not declared and len(c.ports) == 1:
+                    declared = c.protocol(c.ports[0])
+                return declared
+        return ""
+
     @classmethod
     def from_dict(cls, data: Any) -> Snapshot:
         r = _Reader(data, "")
@@ -971,6 +1026,8 @@ class Snapshot:
                         for e in c.endpoints
                     ],
                     "policy": c.policy.to_dict(),
+                    **({"vip": c.vip} if c.vip else {}),
+                    **({"protocols": list(c.protocols)} if c.protocols else {}),
                 }
                 for c in self.clusters
             ],

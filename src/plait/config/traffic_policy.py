@@ -20,6 +20,7 @@ from typing import Any, Self, Union, get_args, get_origin, get_type_hints
 
 __all__ = [
     "GRPC_RETRY_ON",
+    "GRPC_RETRY_STATUS",
     "HASH_SOURCES",
     "HTTP_RETRY_ON",
     "LB_KINDS",
@@ -56,9 +57,15 @@ HTTP_RETRY_ON = frozenset(
         "retriable-status-codes",
     }
 )
-GRPC_RETRY_ON = frozenset(
-    {"cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"}
-)
+# Envoy's x-envoy-retry-grpc-on names (Istio's retryOn) -> gRPC status (grpc/doc/statuscodes.md).
+GRPC_RETRY_STATUS = {
+    "cancelled": 1,
+    "deadline-exceeded": 4,
+    "resource-exhausted": 8,
+    "internal": 13,
+    "unavailable": 14,
+}
+GRPC_RETRY_ON = frozenset(GRPC_RETRY_STATUS)
 # 2^32-1: Istio's connectionPool default for every limit, i.e. none.
 UNLIMITED = 2**32 - 1
 
@@ -282,9 +289,14 @@ class RetryPolicyConfig(_Policy):
     retriable_status_codes: tuple[int, ...] = ()
     backoff_base_ms: int = 25  # Envoy's and Istio's default base interval
     backoff_max_ms: int = 250  # Envoy's default: 10x the base
+    # gRPC statuses (1-16) retried when a response carries them (retryOn `unavailable`, ...).
+    grpc_statuses: frozenset[int] = frozenset()
 
     def _check(self, path: str) -> None:
         _at_least(self, path, "attempts", 0)
+        for code in sorted(self.grpc_statuses):
+            if not 1 <= code <= 16:
+                _fail(path, "grpc_statuses", f"{code} is not a gRPC error status (1-16)")
         _at_least(self, path, "per_try_timeout_ms", 0)
         for i, cond in enumerate(self.retry_on):
             if cond not in HTTP_RETRY_ON and cond not in GRPC_RETRY_ON:
@@ -337,11 +349,11 @@ def _convert(kind: Any, value: Any, where: str) -> Any:
     if origin in (Union, types.UnionType):  # `X | None`: None was handled by the caller
         (kind,) = (a for a in get_args(kind) if a is not type(None))
         origin = get_origin(kind)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
+    if origin is tuple or origin is frozenset:
+        if not isinstance(value, (list, tuple, frozenset)):
             raise TrafficPolicyError(f"{where}: expected a list, got {type(value).__name__}")
         item = get_args(kind)[0]
-        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+        return origin(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
     if is_dataclass(kind):
         return kind.from_dict(value, where)  # type: ignore[union-attr]
     if isinstance(value, bool) and kind is not bool:
@@ -358,6 +370,8 @@ def _plain(value: Any) -> Any:
         return value.to_dict()
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
+    if isinstance(value, frozenset):
+        return sorted(value)  # a stable list, so equal policies are equal dicts
     return value
 
 

@@ -37,6 +37,8 @@ PORT_NOT_FOUND = "PLT0104"
 NOT_SUPPORTED = "PLT0105"
 
 Level = Literal["Error", "Warning"]
+Route = r.HTTPRoute | r.GRPCRoute  # both attach to parents and send to backendRefs
+Filter = r.HTTPRouteFilter | r.GRPCRouteFilter
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +74,10 @@ def analyze(resources: Sequence[r.Resource], registered: Iterable[Labelled] = ()
     """Every finding for these resources, errors first, then by kind, namespace, name, field."""
     mesh = _Mesh(resources, registered)
     findings: list[Finding] = []
-    clean_routes: list[r.HTTPRoute] = []
+    clean_routes: list[Route] = []
     for resource in resources:
         found: list[Finding] = []
-        if isinstance(resource, r.HTTPRoute):
+        if isinstance(resource, r.HTTPRoute | r.GRPCRoute):
             found = mesh.check_route(resource)
             if not found:
                 clean_routes.append(resource)
@@ -116,7 +118,7 @@ class _Mesh:
             for w in self.workloads
         )
 
-    def check_route(self, route: r.HTTPRoute) -> list[Finding]:
+    def check_route(self, route: Route) -> list[Finding]:
         found: list[Finding] = []
         namespace = route.metadata.namespace
         for i, parent in enumerate(route.spec.parent_refs):
@@ -125,23 +127,27 @@ class _Mesh:
             if not exists:
                 path = ("spec", "parentRefs", i, "name")
                 found.append(_missing(route, path, parent.kind, key))
-        for i, rule in enumerate(route.spec.rules):
+        rules: Sequence[r.HTTPRouteRule | r.GRPCRouteRule] = route.spec.rules
+        for i, rule in enumerate(rules):
             base: FieldPath = ("spec", "rules", i)
-            for j, ref in enumerate(rule.backend_refs):
+            refs: Sequence[r.HTTPBackendRef | r.GRPCBackendRef] = rule.backend_refs
+            for j, ref in enumerate(refs):
                 found += self._backend(route, ref, (*base, "backendRefs", j))
-                for k, f in enumerate(ref.filters):
+                own: Sequence[Filter] = ref.filters
+                for k, f in enumerate(own):
                     found += self._mirror(route, f, (*base, "backendRefs", j, "filters", k))
-            for k, f in enumerate(rule.filters):
+            filters: Sequence[Filter] = rule.filters
+            for k, f in enumerate(filters):
                 found += self._mirror(route, f, (*base, "filters", k))
         return found
 
-    def _mirror(self, route: r.HTTPRoute, f: r.HTTPRouteFilter, path: FieldPath) -> list[Finding]:
+    def _mirror(self, route: Route, f: Filter, path: FieldPath) -> list[Finding]:
         if f.request_mirror is None:
             return []
         return self._backend(route, f.request_mirror.backend_ref, (*path, "requestMirror"))
 
     def _backend(
-        self, route: r.HTTPRoute, ref: r.BackendObjectReference, path: FieldPath
+        self, route: Route, ref: r.BackendObjectReference, path: FieldPath
     ) -> list[Finding]:
         key = (ref.namespace or route.metadata.namespace, ref.name)
         service = self.by_name.get(key)
@@ -183,7 +189,7 @@ class _Mesh:
         return found
 
 
-def _unsupported(services: Sequence[r.Resource], routes: list[r.HTTPRoute]) -> list[Finding]:
+def _unsupported(services: Sequence[r.Resource], routes: list[Route]) -> list[Finding]:
     """Routes whose references resolve but which the proxy cannot express yet."""
     node = Node(name="analyze")
     try:

@@ -29,6 +29,7 @@ from plait.control.auth import check_token
 from plait.control.config_service import CONFIG_PREFIX, REGISTRY_PREFIX, ConfigService
 from plait.control.kinds import API_VERSIONS, KIND_NAMES, MODELS, UnknownKind, resolve_kind
 from plait.control.store import Compacted, Event, StoreError
+from plait.control.vips import DEFAULT_SERVICE_CIDR, allocate_vips
 
 __all__ = ["ApiError", "create_app"]
 
@@ -80,6 +81,7 @@ def create_app(
     tokens: Callable[[str, str, float, str | None], dict[str, str]] | None = None,
     ca_roots: Callable[[], list[dict[str, Any]]] | None = None,
     ca_rotate: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    service_cidr: str = DEFAULT_SERVICE_CIDR,
 ) -> FastAPI:
     """The API over `config`; `proxies()` lists the connected proxies (the push server's)."""
     app = FastAPI(
@@ -263,6 +265,18 @@ def create_app(
             return await ca_rotate()
         except (TimeoutError, RuntimeError, ValueError) as e:
             raise ApiError(409, f"CA rotation did not complete: {e}") from None
+
+    @app.get("/api/v1/services/vips", response_model=dict[str, Any], tags=["resources"])
+    async def service_vips() -> dict[str, Any]:
+        """Each Service's VIP (what mesh DNS answers), as the compiler allocates it."""
+        items, revision = await config.list_at("Service", None)
+        keys = [(x.resource.metadata.namespace, x.resource.metadata.name) for x in items]
+        vips = allocate_vips(keys, service_cidr)
+        return {
+            "serviceCIDR": service_cidr,
+            "items": [{"namespace": k[0], "name": k[1], "vip": vips[k]} for k in keys],
+            "revision": revision,
+        }
 
     @app.get("/api/v1/proxies", response_model=list[dict[str, Any]], tags=["proxies"])
     async def list_proxies() -> list[dict[str, Any]]:

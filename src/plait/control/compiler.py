@@ -11,6 +11,7 @@ What the snapshot cannot express is a CompileError naming route and field, never
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -38,8 +39,14 @@ from plait.config.snapshot import (
     RouteRule,
     Snapshot,
 )
-from plait.config.traffic_policy import ClusterPolicy, RetryPolicyConfig, parse_retry_on
+from plait.config.traffic_policy import (
+    GRPC_RETRY_STATUS,
+    ClusterPolicy,
+    RetryPolicyConfig,
+    parse_retry_on,
+)
 from plait.control.traffic_compiler import TrafficCompileError, compile_traffic_policies
+from plait.control.vips import DEFAULT_SERVICE_CIDR, VipRangeError, allocate_vips
 
 __all__ = ["CompileError", "Instance", "compile_snapshot"]
 
@@ -70,8 +77,10 @@ def compile_snapshot(
     instances: Sequence[Instance],
     node: Node,
     version: str,
+    service_cidr: str = DEFAULT_SERVICE_CIDR,
 ) -> Snapshot:
-    """The snapshot for the proxy `node`; raises CompileError for what it cannot express."""
+    """The snapshot for the proxy `node`; raises CompileError for what it cannot express.
+    Each cluster carries its Service's VIP from `service_cidr` (see `vips`)."""
     services = sorted(
         (x for x in resources if isinstance(x, r.Service)),
         key=lambda s: (s.metadata.namespace, s.metadata.name),
@@ -82,7 +91,12 @@ def compile_snapshot(
         policies = compile_traffic_policies(resources, node.namespace, node.labels)
     except TrafficCompileError as exc:
         raise CompileError(str(exc)) from None
-    clusters = tuple(_cluster(s, endpoints, policies) for s in services)
+    try:
+        keys = [(s.metadata.namespace, s.metadata.name) for s in services]
+        vips = allocate_vips(keys, service_cidr)
+    except VipRangeError as exc:
+        raise CompileError(str(exc)) from None
+    clusters = tuple(_cluster(s, endpoints, policies, vips) for s in services)
     known: Known = set()
     for c in clusters:
         if (c.namespace, c.name) in known:
@@ -95,7 +109,7 @@ def compile_snapshot(
             raise CompileError(f"HTTPFault {key[0]}/{key[1]}: defined twice")
         faults[key] = f
     routes = sorted(
-        (x for x in resources if isinstance(x, r.HTTPRoute)),
+        (x for x in resources if isinstance(x, r.HTTPRoute | r.GRPCRoute)),
         key=lambda x: (x.metadata.namespace, x.metadata.name),
     )
     compiled = tuple(
@@ -149,33 +163,39 @@ class _EndpointIndex:
 
 
 def _cluster(
-    service: r.Service, endpoints: _EndpointIndex, policies: Mapping[tuple[str, str], ClusterPolicy]
+    service: r.Service,
+    endpoints: _EndpointIndex,
+    policies: Mapping[tuple[str, str], ClusterPolicy],
+    vips: Mapping[tuple[str, str], str],
 ) -> Cluster:
     namespace = service.metadata.namespace
     return Cluster(
         name=service.metadata.name,
         namespace=namespace,
         ports=tuple(p.port for p in service.spec.ports),
+        protocols=tuple(p.protocol for p in service.spec.ports),
         endpoints=endpoints.select(namespace, service.spec.selector),
         policy=policies.get((namespace, service.metadata.name), _DEFAULT_POLICY),
+        vip=vips.get((namespace, service.metadata.name), ""),
     )
 
 
 _DEFAULT_POLICY = ClusterPolicy()
 
 
-def _route(route: r.HTTPRoute, parent: r.ParentReference, known: Known, faults: Faults) -> Route:
+def _route(
+    route: r.HTTPRoute | r.GRPCRoute, parent: r.ParentReference, known: Known, faults: Faults
+) -> Route:
     namespace = route.metadata.namespace
-    where = f"HTTPRoute {namespace}/{route.metadata.name}"
+    where = f"{route.kind} {namespace}/{route.metadata.name}"
     if parent.namespace not in (None, namespace):
         # The snapshot keys a route by its own namespace; a cross-namespace parent would be lost.
         raise CompileError(
             f"{where}: spec.parentRefs: a parent in another namespace is unsupported"
         )
     context = _Context(namespace, known, faults)
-    rules = tuple(
-        context.rule(rule, f"{where}: spec.rules[{i}]") for i, rule in enumerate(route.spec.rules)
-    )
+    given: Sequence[r.HTTPRouteRule | r.GRPCRouteRule] = route.spec.rules
+    rules = tuple(context.rule(rule, f"{where}: spec.rules[{i}]") for i, rule in enumerate(given))
     return Route(
         name=route.metadata.name,
         parent_kind=parent.kind,
@@ -194,10 +214,11 @@ class _Context:
     known: Known
     faults: Faults
 
-    def rule(self, rule: r.HTTPRouteRule, where: str) -> RouteRule:
+    def rule(self, rule: r.HTTPRouteRule | r.GRPCRouteRule, where: str) -> RouteRule:
         filters = self.filters(rule.filters, f"{where}.filters")
         backends = []
-        for j, ref in enumerate(rule.backend_refs):
+        refs: Sequence[r.HTTPBackendRef | r.GRPCBackendRef] = rule.backend_refs
+        for j, ref in enumerate(refs):
             at = f"{where}.backendRefs[{j}]"
             namespace = ref.namespace or self.namespace
             if (namespace, ref.name) not in self.known:
@@ -206,12 +227,17 @@ class _Context:
             if own.redirect is not None:
                 raise CompileError(f"{at}.filters: a RequestRedirect belongs on the rule")
             backends.append(BackendRef(ref.name, namespace, ref.port, ref.weight, own))
-        timeouts = rule.timeouts or r.HTTPRouteTimeouts()
+        timeouts = r.HTTPRouteTimeouts()  # gRPC callers send grpc-timeout instead
         try:
-            return RouteRule(
-                matches=tuple(
+            if isinstance(rule, r.GRPCRouteRule):
+                matches = _grpc_matches(rule.matches, f"{where}.matches")
+            else:
+                matches = tuple(
                     _match(m, f"{where}.matches[{k}]") for k, m in enumerate(rule.matches)
-                ),
+                )
+                timeouts = rule.timeouts or timeouts
+            return RouteRule(
+                matches=matches,
                 backends=tuple(backends),
                 timeout_ms=timeouts.request or 0,
                 backend_timeout_ms=timeouts.backend_request or 0,
@@ -223,7 +249,9 @@ class _Context:
         except ValueError as exc:
             raise CompileError(f"{where}: {exc}") from None
 
-    def filters(self, filters: Sequence[r.HTTPRouteFilter], where: str) -> Filters:
+    def filters(
+        self, filters: Sequence[r.HTTPRouteFilter | r.GRPCRouteFilter], where: str
+    ) -> Filters:
         out, seen = NO_FILTERS, set[str]()
         for i, f in enumerate(filters):
             if f.type in seen and f.type != "RequestMirror":
@@ -235,7 +263,7 @@ class _Context:
                 raise CompileError(f"{where}[{i}]: {exc}") from None
         return out
 
-    def add(self, out: Filters, f: r.HTTPRouteFilter) -> Filters:
+    def add(self, out: Filters, f: r.HTTPRouteFilter | r.GRPCRouteFilter) -> Filters:
         """`out` with the filter `f` in its slot."""
         if f.request_header_modifier is not None:
             return replace(out, request_headers=_header_modifier(f.request_header_modifier))
@@ -326,6 +354,45 @@ def _match(match: r.HTTPRouteMatch, where: str) -> RouteMatch:
     )
 
 
+def _grpc_matches(matches: Sequence[r.GRPCRouteMatch], where: str) -> tuple[RouteMatch, ...]:
+    """GRPCRoute matches as HTTP matches on the request path `/package.Service/Method`, POST.
+
+    Exact service and method: an Exact path; a service alone: the PathPrefix `/service/`; a
+    method alone, or RegularExpression names: a path regex. No matches: every gRPC call.
+    """
+    if not matches:
+        return (RouteMatch(path=PathMatch("PathPrefix", "/"), method="POST"),)
+    return tuple(_grpc_match(m, f"{where}[{k}]") for k, m in enumerate(matches))
+
+
+def _grpc_match(match: r.GRPCRouteMatch, where: str) -> RouteMatch:
+    headers: dict[str, HeaderMatch] = {}
+    for i, h in enumerate(match.headers):
+        name = h.name.lower()
+        if name not in headers:  # as for HTTPRoute: of several on one name, the first counts
+            headers[name] = _checked(HeaderMatch, f"{where}.headers[{i}]", name, h.value, h.type)
+    return RouteMatch(
+        path=_checked(PathMatch, f"{where}.method", *_grpc_path(match.method)),
+        method="POST",
+        headers=tuple(headers.values()),
+    )
+
+
+def _grpc_path(m: r.GRPCMethodMatch | None) -> tuple[str, str]:
+    """(path match type, value) for a GRPCMethodMatch."""
+    if m is None:
+        return ("PathPrefix", "/")
+    if m.type == "Exact":
+        if m.service is not None and m.method is not None:
+            return ("Exact", f"/{m.service}/{m.method}")
+        if m.method is None:
+            return ("PathPrefix", f"/{m.service}/")
+        return ("RegularExpression", f"/[^/]+/{re.escape(m.method)}")
+    service = f"(?:{m.service})" if m.service is not None else "[^/]+"
+    method = f"(?:{m.method})" if m.method is not None else "[^/]+"
+    return ("RegularExpression", f"/{service}/{method}")
+
+
 def _checked(cls: type[T], where: str, *args: object) -> T:
     """`cls(*args)`, a ValueError (a regex refused, say) turned into a CompileError at `where`."""
     try:
@@ -341,10 +408,14 @@ def _retries(retry: r.HTTPRouteRetry | None) -> RetryPolicyConfig | None:
         return None
     conditions, codes = parse_retry_on(retry.retry_on) if retry.retry_on else ((), ())
     codes = tuple(dict.fromkeys((*codes, *retry.codes)))
+    # gRPC conditions become the statuses they name; the HTTP ones stay conditions (with the
+    # provably safe connection failures by default, also when only gRPC statuses are given).
+    grpc = frozenset(GRPC_RETRY_STATUS[c] for c in conditions if c in GRPC_RETRY_STATUS)
+    http = tuple(c for c in conditions if c not in GRPC_RETRY_STATUS)
     retry_on = tuple(
         dict.fromkeys(
             (
-                *(conditions or ("connect-failure", "refused-stream")),
+                *(http or ("connect-failure", "refused-stream")),
                 *(("retriable-status-codes",) if codes else ()),
             )
         )
@@ -357,4 +428,5 @@ def _retries(retry: r.HTTPRouteRetry | None) -> RetryPolicyConfig | None:
         retriable_status_codes=codes,
         backoff_base_ms=retry.backoff or base.backoff_base_ms,
         backoff_max_ms=max(base.backoff_max_ms, 10 * (retry.backoff or base.backoff_base_ms)),
+        grpc_statuses=grpc,
     )

@@ -31,6 +31,7 @@ from plait.control.config_service import ConfigService
 from plait.control.policy_compiler import PolicyCompileError, compile_mtls_mode, compile_policies
 from plait.control.registry import Registry, WorkloadEntry
 from plait.control.store import Store, StoreError
+from plait.control.vips import DEFAULT_SERVICE_CIDR
 from plait.identity.ca import CaError, CsrError
 from plait.identity.spiffe import SpiffeId, peer_spiffe_id
 
@@ -151,6 +152,7 @@ class PushServer:
         # The clusters `items` was made from, and their keys: what is equal needs no new dict.
         self._clusters: dict[tuple[str, str], tuple[Any, str]] = {}
         self.compile_errors: list[str] = []
+        self.service_cidr = DEFAULT_SERVICE_CIDR  # where Service VIPs come from (--service-cidr)
         self.store_revision = 0
         # Security policy is compiled per workload class (namespace + labels), on demand.
         self._policy_resources: list[Any] = []
@@ -163,6 +165,7 @@ class PushServer:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
         self._dirty = asyncio.Event()
+        self._recompute_lock = asyncio.Lock()
         self.address: tuple[str, int] | None = None
 
     # lifecycle -----------------------------------------------------------------------
@@ -229,6 +232,11 @@ class PushServer:
     # compile and push ----------------------------------------------------------------
     async def recompute(self) -> None:
         """Compile the mesh; if anything changed, push deltas to every proxy."""
+        # One at a time: a compile that read older registry entries must not finish last.
+        async with self._recompute_lock:
+            await self._recompute()
+
+    async def _recompute(self) -> None:
         started = time.perf_counter()
         resources, revision = await self.config.resources()
         instances = await self.registry.instances()
@@ -318,7 +326,7 @@ class PushServer:
         node = Node(name="mesh")
         try:
             self.compile_errors = []
-            return compile_snapshot(resources, instances, node, "mesh")
+            return compile_snapshot(resources, instances, node, "mesh", self.service_cidr)
         except CompileError:
             pass
         kept: list[Any] = []
@@ -329,7 +337,7 @@ class PushServer:
             halving it: a few compiles per refused resource, where trying resources one at a
             time took one compile each (7 minutes for a mesh of 10,000 Workloads)."""
             try:
-                compile_snapshot([*kept, *batch], instances, node, "mesh")
+                compile_snapshot([*kept, *batch], instances, node, "mesh", self.service_cidr)
             except CompileError as exc:
                 if len(batch) == 1:
                     resource = batch[0]
@@ -348,7 +356,7 @@ class PushServer:
         self.compile_errors = errors
         for line in errors:
             log.warning("not pushed: %s", line)
-        return compile_snapshot(kept, instances, node, "mesh")
+        return compile_snapshot(kept, instances, node, "mesh", self.service_cidr)
 
     def _workload_payload(self, conn: ProxyConnection) -> bytes:
         """This proxy's own part of the snapshot: the policies that select its workload."""
@@ -496,6 +504,9 @@ class PushServer:
             if conn.entry is not None:
                 await self.registry.deregister(conn.entry.namespace, conn.entry.name)
                 conn.entry = None
+                # At once, not after the debounce: the leaving proxy keeps accepting only
+                # until callers have heard (its --deregister-delay).
+                await self.recompute()
         # heartbeat: last_seen was updated on read
 
     async def _authenticate(self, conn: ProxyConnection, hello: Mapping[str, Any]) -> bool:

@@ -31,6 +31,7 @@ from plait.control.registry import Registry
 from plait.control.store import StoreError
 from plait.control.store_sqlite import SqliteStore
 from plait.control.telemetry_service import Telemetry
+from plait.control.vips import DEFAULT_SERVICE_CIDR, VipRangeError, parse_service_cidr
 
 __all__ = ["ControlPlane", "add_arguments", "run"]
 
@@ -64,6 +65,7 @@ class ControlPlane:
         self.api_address = api
         self.push_address = push
         self.grace = grace
+        self.service_cidr = DEFAULT_SERVICE_CIDR  # Service VIPs are allocated from this range
         self.token = ""
         self.api_port = 0
         self._uvicorn: uvicorn.Server | None = None
@@ -83,6 +85,7 @@ class ControlPlane:
         self.push = PushServer(
             self.store, self.config, self.registry, heartbeat_grace=self.grace, ca=self.ca
         )
+        self.push.service_cidr = self.service_cidr
         await self.push.start(*self.push_address)
         app = create_app(
             self.config,
@@ -91,6 +94,7 @@ class ControlPlane:
             tokens=self._join_token,
             ca_roots=self.ca.roots,
             ca_rotate=self.push.rotate_ca,
+            service_cidr=self.service_cidr,
         )
         # Telemetry roll-up, dashboard (/ui) and tap; writes the Prometheus file_sd targets.
         self.telemetry = Telemetry(self.push.status, self.data_dir)
@@ -199,6 +203,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="SPIFFE trust domain of workload identities (default cluster.local)",
     )
     p.add_argument(
+        "--service-cidr",
+        type=_service_cidr,
+        default=DEFAULT_SERVICE_CIDR,
+        metavar="CIDR",
+        help="range of Service VIPs, answered by mesh DNS (default 10.96.0.0/16, as Kubernetes)",
+    )
+    p.add_argument(
         "--cert-ttl",
         type=float,
         default=24 * 3600,
@@ -215,6 +226,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="point the CLI (~/.config/plait/config.json) at this control plane",
     )
+
+
+def _service_cidr(text: str) -> str:
+    try:
+        return str(parse_service_cidr(text))
+    except VipRangeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -240,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
             cert_ttl=timedelta(seconds=args.cert_ttl),
             ca_files=ca_files,
         )
+        cp.service_cidr = args.service_cidr
         try:
             await cp.open()
         except (OSError, TokenError, StoreError) as exc:

@@ -19,7 +19,7 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,7 @@ class Sidecar:
     outbound: int
     inbound: int
     admin: int
+    tcp_ports: tuple[int, ...] = ()  # one local port per app.tcp_outbound entry
 
     @property
     def version(self) -> str:
@@ -128,14 +129,18 @@ class Control:
         return f"http://{HOST}:{self.api}"
 
 
+def _sidecar(app: AppSpec, instance: str, ports: PortAllocator) -> Sidecar:
+    app_port, outbound, inbound, admin = ports.allocate(4)
+    tcp = tuple(ports.allocate(len(app.tcp_outbound)))
+    return Sidecar(app, instance, app_port, outbound, inbound, admin, tcp)
+
+
 def allocate(
     mesh: MeshFile, ports: PortAllocator, gateway_port: int | None
 ) -> tuple[list[Sidecar], Gateway | None]:
     """Allocate the ports of every app replica, its proxy and the gateway."""
     sidecars = [
-        Sidecar(app, instance, *ports.allocate(4))
-        for app in mesh.apps
-        for instance in app.instance_names()
+        _sidecar(app, instance, ports) for app in mesh.apps for instance in app.instance_names()
     ]
     gateway = None
     if mesh.gateway is not None:
@@ -226,6 +231,7 @@ def _app_spec(s: Sidecar, run_dir: Path) -> ProcessSpec:
         "PLAIT_SERVICE": s.app.service,
         "PLAIT_INSTANCE": s.instance,
         "PLAIT_NAMESPACE": s.app.namespace,
+        **{t.env: f"{HOST}:{p}" for t, p in zip(s.app.tcp_outbound, s.tcp_ports, strict=True)},
     }
     path = s.app.health.http_path
     ready: ReadyCheck = (
@@ -234,15 +240,51 @@ def _app_spec(s: Sidecar, run_dir: Path) -> ProcessSpec:
     return ProcessSpec(f"{s.instance}/app", s.app.command, env, ready, str(run_dir / "app.log"))
 
 
+def _node_spec(
+    run_dir: Path,
+    control: Control,
+    sidecars: Sequence[Sidecar],
+    admin: int,
+    namespace: str,
+    tracing: tuple[str, float] | None = None,
+) -> ProcessSpec:
+    """Node mode: one proxy for every app instance. Each workload keeps the ports a sidecar
+    would have (its app calls out through its own outbound port: local apps all connect
+    from 127.0.0.1), its own identity (a join token each, written to a file) and inbound."""
+    d = run_dir / "node"
+    tokens = d / "tokens"
+    workloads = []
+    wanted: dict[str, str] = {}
+    for s in sidecars:
+        labels = "".join(f",label.{k}={v}" for k, v in sorted(s.app.labels.items()))
+        health = f",app-health={s.app.health.http_path}" if s.app.health.http_path else ""
+        token_file = tokens / s.instance
+        wanted[str(token_file)] = f"{s.app.namespace}/{s.app.service}"
+        workloads.append(
+            f"--workload=name={s.instance},service={s.app.service},namespace={s.app.namespace},"
+            f"app={HOST}:{s.app_port},outbound={HOST}:{s.outbound},inbound={HOST}:{s.inbound},"
+            f"token-file={token_file}{health}{labels}"
+        )
+    spec = _proxy_spec(
+        "node", d, admin, control, Node("node", "", namespace), "--mode=node", *workloads,
+        tracing=tracing,
+    )  # fmt: skip
+    env = dict(spec.env)
+    env.pop("PLAIT_TOKEN_FOR", None)
+    env["PLAIT_TOKEN_FILES"] = json.dumps(wanted)  # written by `configure`
+    return replace(spec, env=env)
+
+
 def process_specs(
     run_dir: Path,
     control: Control,
     sidecars: Sequence[Sidecar],
     gateway: Gateway | None,
     tracing: tuple[str, float] | None = None,
+    node_admin: int | None = None,
 ) -> list[list[ProcessSpec]]:
-    """Start order after the control plane: all sidecar proxies, then all apps, then the
-    gateway (each list at once)."""
+    """Start order after the control plane: all sidecar proxies (or the node proxy, when
+    `node_admin` is given), then all apps, then the gateway (each list at once)."""
     proxies = [
         _proxy_spec(
             s.instance,
@@ -255,10 +297,17 @@ def process_specs(
             f"--inbound={HOST}:{s.inbound}",
             f"--app={HOST}:{s.app_port}",
             *((f"--app-health={s.app.health.http_path}",) if s.app.health.http_path else ()),
+            *(
+                f"--tcp-outbound={HOST}:{p}={t.service}.{s.app.namespace}:{t.port}"
+                for t, p in zip(s.app.tcp_outbound, s.tcp_ports, strict=True)
+            ),
             tracing=tracing,
         )
         for s in sidecars
     ]
+    if node_admin is not None and sidecars:
+        namespace = sidecars[0].app.namespace
+        proxies = [_node_spec(run_dir, control, sidecars, node_admin, namespace, tracing)]
     groups = [proxies, [_app_spec(s, run_dir / s.instance) for s in sidecars]]
     if gateway is not None:
         d = run_dir / gateway.name
@@ -312,15 +361,24 @@ async def _requests(admin: int, listener: str) -> int | None:
     return count if status == 200 and isinstance(count, int) else None
 
 
-async def _rows(sup: Supervisor, sidecars: Sequence[Sidecar], gateway: Gateway | None) -> list[Row]:
+async def _rows(
+    sup: Supervisor,
+    sidecars: Sequence[Sidecar],
+    gateway: Gateway | None,
+    node_admin: int | None = None,
+) -> list[Row]:
     states = {s.name: s for s in sup.states()}
-    admins = [(s.admin, "inbound") for s in sidecars]
+    admins = [
+        (s.admin, "inbound") if node_admin is None else (node_admin, f"{s.instance}.inbound")
+        for s in sidecars
+    ]
     if gateway is not None:
         admins.append((gateway.admin, "gateway"))
     counts = await asyncio.gather(*(_requests(admin, listener) for admin, listener in admins))
     rows = []
     for s, count in zip(sidecars, counts, strict=False):
-        app, proxy = states[f"{s.instance}/app"], states[f"{s.instance}/proxy"]
+        app = states[f"{s.instance}/app"]
+        proxy = states.get(f"{s.instance}/proxy") or states["node/proxy"]
         restarts = app.restarts + proxy.restarts
         rows.append(
             Row(s.app.service, s.instance, s.version, _combined(app, proxy), restarts, count)
@@ -361,6 +419,7 @@ class Plan:
     gateway: Gateway | None
     specs: list[list[ProcessSpec]]
     urls: list[str]
+    node_admin: int | None = None  # proxyMode: node: the node proxy's admin port
 
 
 def prepare(
@@ -372,20 +431,21 @@ def prepare(
     api = ports.reserve(mesh.control_port if control_port is None else control_port)
     (push,) = ports.allocate()
     control = Control(api, push, data_dir=run_dir / "control")
+    node_admin = ports.allocate()[0] if mesh.proxy_mode == "node" else None
     snaps = snapshots(mesh, sidecars, gateway)  # raises CompileError before anything starts
     # A local run starts from a clean control plane: no registry entries of a previous run.
     shutil.rmtree(control.data_dir, ignore_errors=True)
-    for name in [*snaps, "control"]:
+    for name in [*snaps, "control", *(("node",) if node_admin is not None else ())]:
         d = run_dir / name
         d.mkdir(parents=True, exist_ok=True)
-        for old in [*d.glob("*.log"), *d.glob("snapshot.json")]:  # fresh logs, no stale cache
+        for old in [*d.glob("*.log"), *d.glob("snapshot*.json")]:  # fresh logs, no stale cache
             old.unlink()
     urls = gateway_urls(gateway, snaps[gateway.name]) if gateway else []
     specs = [
         [_control_spec(control, run_dir / "control")],
-        *process_specs(run_dir, control, sidecars, gateway, mesh.tracing),
+        *process_specs(run_dir, control, sidecars, gateway, mesh.tracing, node_admin),
     ]
-    return Plan(run_dir, mesh, control, sidecars, gateway, specs, urls)
+    return Plan(run_dir, mesh, control, sidecars, gateway, specs, urls, node_admin)
 
 
 def configure(plan: Plan, *, save_settings: bool) -> None:
@@ -396,6 +456,14 @@ def configure(plan: Plan, *, save_settings: bool) -> None:
     client.apply(body, "application/json")
     for group in plan.specs[1:]:
         for spec in group:
+            files = spec.env.get("PLAIT_TOKEN_FILES")
+            for path, owner in (json.loads(files) if files else {}).items():
+                namespace, service = owner.split("/", 1)
+                token_file = Path(path)
+                token_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                token_file.unlink(missing_ok=True)
+                token_file.touch(mode=0o600)
+                token_file.write_text(client.create_token(service, namespace, 3600)["token"])
             wanted = spec.env.get("PLAIT_TOKEN_FOR")
             if wanted is not None:
                 namespace, service = wanted.split("/", 1)
@@ -463,7 +531,7 @@ async def serve(
             return 1
         if started:
             if table:
-                table.update(await _rows(sup, plan.sidecars, plan.gateway))
+                table.update(await _rows(sup, plan.sidecars, plan.gateway, plan.node_admin))
             emit(f"Control plane {plan.control.url} (plait status, plait apply -f ...)")
             emit(f"Dashboard {plan.control.url}/ui")
             for url in plan.urls:
@@ -472,10 +540,10 @@ async def serve(
         while not stop.is_set():
             await _unless(stop, asyncio.sleep(REFRESH))
             if table and tty:
-                table.update(await _rows(sup, plan.sidecars, plan.gateway))
+                table.update(await _rows(sup, plan.sidecars, plan.gateway, plan.node_admin))
         emit("Stopping.")
     if table and tty:  # leave the final states on screen
-        table.update(await _rows(sup, plan.sidecars, plan.gateway))
+        table.update(await _rows(sup, plan.sidecars, plan.gateway, plan.node_admin))
     emit("Stopped.")
     return 0
 

@@ -18,6 +18,7 @@ __all__ = [
     "Headers",
     "RequestHead",
     "ResponseHead",
+    "Trailers",
 ]
 
 Headers = list[tuple[bytes, bytes]]
@@ -91,6 +92,18 @@ class Data:
 
     def __repr__(self) -> str:
         return f"Data({len(self.data)} bytes)"
+
+
+class Trailers:
+    """A trailer section (HTTP/2 trailers, gRPC's `grpc-status`); END_OF_STREAM follows."""
+
+    __slots__ = ("headers",)
+
+    def __init__(self, headers: Headers) -> None:
+        self.headers = headers
+
+    def __repr__(self) -> str:
+        return f"Trailers({len(self.headers)} fields)"
 
 
 class EndOfStream:

@@ -14,17 +14,18 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from plait.config import wire
 from plait.config.snapshot import Snapshot
-from plait.proxy.acceptor import DetectingAcceptor
+from plait.proxy.acceptor import DetectingAcceptor, Detector
 from plait.proxy.admin import AdminServer
 from plait.proxy.agent import ControlAgent, load_cached_snapshot
 from plait.proxy.certificates import CertificateManager
+from plait.proxy.dns import DnsServer, MeshNames
 from plait.proxy.filters.audit import AuditLog
 from plait.proxy.filters.jwt_authn import JwksCache
 from plait.proxy.filters.metrics import ListenerMetrics
@@ -32,7 +33,7 @@ from plait.proxy.health import AppHealthCheck
 from plait.proxy.listener import GATEWAY, INBOUND, OUTBOUND, ListenerContext, ProxySettings
 from plait.proxy.runtime import ConfigHolder
 from plait.proxy.tap import TapHub
-from plait.proxy.upstream import ClusterRuntime, Host, check_host
+from plait.proxy.upstream import ClusterRuntime, Host, check_host, set_socket_mark
 from plait.telemetry.accesslog import AccessLog
 from plait.telemetry.exposition import render
 from plait.telemetry.metrics import ProxyMetrics
@@ -41,6 +42,8 @@ from plait.telemetry.tracing import Tracer
 __all__ = ["Proxy", "ProxyOptions"]
 
 Address = tuple[str, int]
+# While draining, how long a just-accepted connection may take to send its first request.
+FIRST_REQUEST_GRACE = 0.5
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,9 @@ class ProxyOptions:
     access_log_sample: float = 0.01
     # 5 s: Istio's default terminationDrainDuration.
     drain_timeout: float = 5.0
+    # After `bye`, keep accepting this long: callers still pick us until the control plane's
+    # push reaches them (tens of ms on a LAN); refusing sooner would cost them retries.
+    deregister_delay: float = 0.5
     # Dynamic configuration: the control plane's push address; `snapshot` is then only the
     # starting point (empty, or the cache), and the proxy is ready once it has a real one.
     control: Address | None = None
@@ -81,6 +87,16 @@ class ProxyOptions:
     # Tracing: spans exported over OTLP/HTTP to this URL; 1 % of new traces (Istio's default).
     tracing_endpoint: str | None = None
     trace_sample: float = 0.01
+    # Mesh DNS (`plait proxy --dns 127.0.0.53:53`): service names -> VIPs, the rest forwarded.
+    dns: Address | None = None
+    dns_forward: Address | None = None
+    # SO_MARK on upstream sockets, for `plait capture --proxy-mark` (0: none).
+    socket_mark: int = 0
+    # `--tcp-outbound 127.0.0.1:16379=redis:6379`: (listen address, namespace, service, port);
+    # a listener per entry whose connections go to that service port (TCP without capture).
+    tcp_outbound: tuple[tuple[Address, str, str, int], ...] = ()
+    # `--app-protocol`: what the local app speaks when no Service declares it (static configs).
+    app_protocol: str = ""
 
 
 class Proxy:
@@ -136,6 +152,7 @@ class Proxy:
         self._ready = False
         self.agent: ControlAgent | None = None
         self.health: AppHealthCheck | None = None
+        self.dns: DnsServer | None = None
         # Static config is complete as given; a dynamic proxy waits for its first snapshot.
         self._configured = options.control is None
         self._cached_state: wire.ResourceState | None = None
@@ -165,19 +182,8 @@ class Proxy:
         for kind, address in wanted:
             if address is None:
                 continue
-            recorder = ListenerMetrics(self.metrics, kind, self.options.snapshot.node, self.certs)
-            ctx = ListenerContext(
-                kind,
-                self.options.settings,
-                self.config,
-                self.access_log,
-                self.spawn,
-                self.certs,
-                recorder,
-                self.tracer,
-            )
-            ctx.tap = self.tap
-            self.contexts[kind] = ctx
+            ctx = self.make_context(kind)
+            factory = self.connection_factory(ctx)
             if kind == INBOUND and self.certs is not None:
                 # mTLS inbound: TLS or plaintext decided per connection by the snapshot's
                 # PeerAuthentication mode (STRICT refuses plaintext).
@@ -186,7 +192,7 @@ class Proxy:
                 self.acceptors.append(
                     DetectingAcceptor(
                         sock,
-                        ctx.protocol_factory,
+                        factory,
                         lambda: self.config.current.snapshot.mtls_mode,
                         functools.partial(_server_context, certs),
                         self.spawn,
@@ -196,11 +202,22 @@ class Proxy:
                 )
                 self.addresses[kind] = sock.getsockname()[:2]
                 continue
-            server = await loop.create_server(
-                ctx.protocol_factory, address[0], address[1], backlog=1024
-            )
+            server = await loop.create_server(factory, address[0], address[1], backlog=1024)
             self.servers.append(server)
             self.addresses[kind] = server.sockets[0].getsockname()[:2]
+        outbound = self.contexts.get(OUTBOUND)
+        for listen, namespace, service, port in self.options.tcp_outbound:
+            if outbound is None:
+                break
+            server = await loop.create_server(
+                functools.partial(Detector, outbound, (namespace, service, port)),
+                listen[0],
+                listen[1],
+                backlog=1024,
+            )
+            self.servers.append(server)
+            bound = server.sockets[0].getsockname()[:2]
+            self.addresses[f"tcp {service}.{namespace}:{port}"] = bound
         if self.options.admin is not None:
             admin = AdminServer(
                 lambda: self.ready,
@@ -223,6 +240,12 @@ class Proxy:
             server = await asyncio.start_server(scrape.handle, *self.options.prometheus)
             self.servers.append(server)
             self.addresses["prometheus"] = server.sockets[0].getsockname()[:2]
+        if self.options.socket_mark:
+            set_socket_mark(self.options.socket_mark)
+        if self.options.dns is not None:
+            names = MeshNames(lambda: self.config.current.snapshot)
+            self.dns = await DnsServer.open(self.options.dns, names.table, self.options.dns_forward)
+            self.addresses["dns"] = self.dns.address
         self.spawn(self._tick())
         if self.exporter is not None:
             self.exporter.start()
@@ -235,6 +258,34 @@ class Proxy:
         self.spawn(self.jwks.run())
         self.spawn(self._active_health_checks())
         self._ready = True
+
+    def make_context(self, kind: str) -> ListenerContext:
+        """The context of this proxy's `kind` listener (node mode: connections a shared
+        listener accepts from this workload's app are handed to it)."""
+        recorder = ListenerMetrics(self.metrics, kind, self.options.snapshot.node, self.certs)
+        ctx = ListenerContext(
+            kind,
+            self.options.settings,
+            self.config,
+            self.access_log,
+            self.spawn,
+            self.certs,
+            recorder,
+            self.tracer,
+        )
+        ctx.tap = self.tap
+        ctx.app_protocol_flag = self.options.app_protocol
+        self.contexts[kind] = ctx
+        return ctx
+
+    @staticmethod
+    def connection_factory(ctx: ListenerContext) -> Callable[[], asyncio.Protocol]:
+        """What serves a connection accepted for `ctx`."""
+        # Outbound and inbound connections start with protocol detection (HTTP/1.1, the
+        # HTTP/2 preface, or TCP); a gateway serves HTTP only.
+        if ctx.kind == GATEWAY:
+            return ctx.protocol_factory
+        return functools.partial(Detector, ctx)
 
     def _make_agent(self, control: Address) -> ControlAgent:
         addresses = {k: f"{h}:{p}" for k, (h, p) in self.addresses.items()}
@@ -352,29 +403,56 @@ class Proxy:
         }
 
     async def drain(self) -> None:
-        """Stop accepting, let streams in flight finish (up to the drain timeout)."""
+        """Leave without failing a request: deregister first, keep accepting while callers
+        learn it, stop accepting, let streams in flight finish (up to the drain timeout)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.drain_timeout
+        if await self.begin_drain():
+            await asyncio.sleep(min(self.options.deregister_delay, self.options.drain_timeout))
+        self.stop_accepting()
+        await self.wait_drained(deadline)
+
+    async def begin_drain(self) -> bool:
+        """Not ready, answers say `Connection: close`, idle connections close, and the
+        control plane hears `bye` (True if it did: callers stop picking us on its push)."""
         self._ready = False
-        for acceptor in self.acceptors:
-            acceptor.close()
-        if self.agent is not None:
-            await self.agent.say_bye()
-        for server in self.servers:
-            server.close()
         for ctx in self.contexts.values():
             ctx.draining = True
             for conn in list(ctx.connections):
-                if conn.stream is None:
-                    conn.close()  # idle keep-alive connection: nothing to finish
+                conn.drain()  # idle: closed now; HTTP/2: GOAWAY, in-flight streams finish
+        agent = self.agent
+        if agent is None or not agent.connected:
+            return False
+        await agent.say_bye()
+        return True
+
+    def stop_accepting(self) -> None:
+        for acceptor in self.acceptors:
+            acceptor.close()
+        for server in self.servers:
+            server.close()
+
+    async def wait_drained(self, deadline: float) -> None:
+        """Until no stream is in flight (or `deadline`, loop time). A connection accepted
+        just before the listener closed gets a moment to send its first request, which a
+        caller could not safely retry if we closed the connection under it."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.options.drain_timeout
-        while loop.time() < deadline and any(
-            conn.stream is not None for ctx in self.contexts.values() for conn in ctx.connections
-        ):
+        first_request_by = loop.time() + FIRST_REQUEST_GRACE
+        while loop.time() < deadline:
+            newcomers = loop.time() < first_request_by
+            if not any(
+                conn.stream is not None or (newcomers and _awaits_first_request(conn))
+                for ctx in self.contexts.values()
+                for conn in ctx.connections
+            ):
+                return
             await asyncio.sleep(0.05)
 
     async def aclose(self) -> None:
         self.tap.close()
         self._ready = False
+        if self.dns is not None:
+            await self.dns.aclose()
         for server in self.servers:
             server.close()
         for acceptor in self.acceptors:
@@ -383,6 +461,8 @@ class Proxy:
         for ctx in self.contexts.values():
             for conn in list(ctx.connections):
                 conn.close()
+            for tunnel in list(ctx.tunnels):
+                tunnel.close()
         for host in self.config.hosts:
             host.close_all_idle()
         tasks = list(self._tasks)
@@ -419,6 +499,11 @@ async def serve(options: ProxyOptions, on_ready: Any = None) -> None:
         await proxy.drain()
     finally:
         await proxy.aclose()
+
+
+def _awaits_first_request(conn: Any) -> bool:
+    """Accepted, never answered a request: its request head is due (`deadline_kind` 1)."""
+    return conn.stream is None and conn.deadline_kind == 1 and not conn.closed
 
 
 def _version_number(config: ConfigHolder) -> Any:

@@ -132,7 +132,8 @@ class CertificateManager:
         first = self.identity is None
         self.identity = identity
         if self.server is None:
-            self.server = RotatingServerContext(identity, alpn=("http/1.1",))
+            # plait-tcp: a framed TCP stream from a peer proxy (plait.proxy.tcp).
+            self.server = RotatingServerContext(identity, alpn=("h2", "http/1.1", "plait-tcp"))
         else:
             self.server.update(identity)
         self._client = identity.client_context(alpn=("http/1.1",))

@@ -16,6 +16,7 @@ from typing import Any
 from plait.config.snapshot import Node, Snapshot, SnapshotError
 from plait.proxy.app import ProxyOptions, serve
 from plait.proxy.listener import ProxySettings
+from plait.proxy.tcp import parse_tcp_outbound
 
 __all__ = ["add_arguments", "run", "parse_address", "load_snapshot"]
 
@@ -145,9 +146,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--mode",
-        choices=("sidecar", "gateway"),
+        choices=("sidecar", "gateway", "node"),
         default="sidecar",
-        help="sidecar: outbound + inbound for one app; gateway: entry for outside traffic",
+        help="sidecar: outbound + inbound for one app; gateway: entry for outside traffic; "
+        "node: one proxy for every workload of the host (--workload)",
+    )
+    p.add_argument(
+        "--workload",
+        action="append",
+        default=[],
+        metavar="name=N,service=S,app=ADDR,source=IP,...",
+        help="node mode, repeatable: a workload of this host (fields: name, service, "
+        "namespace, app, source, inbound, token, token-file, app-health, label.KEY)",
+    )
+    p.add_argument(
+        "--workloads",
+        default=None,
+        metavar="FILE",
+        help="node mode: a YAML file with a 'workloads' list (same fields; labels a mapping)",
     )
     p.add_argument(
         "--outbound",
@@ -239,7 +255,83 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="on SIGTERM, let requests in flight finish this long (default 5)",
     )
+    p.add_argument(
+        "--dns",
+        type=parse_address,
+        default=None,
+        metavar="ADDR",
+        help="answer DNS (UDP) for mesh service names with their VIPs here, e.g. 127.0.0.53:53",
+    )
+    p.add_argument(
+        "--dns-forward",
+        type=parse_address,
+        default=None,
+        metavar="ADDR",
+        help="with --dns: forward other names to this resolver (default: NXDOMAIN)",
+    )
+    p.add_argument(
+        "--mark",
+        type=_mark,
+        default=0,
+        metavar="N",
+        help="set SO_MARK N on upstream sockets (for plait capture --proxy-mark; needs root)",
+    )
+    p.add_argument(
+        "--deregister-delay",
+        type=float,
+        default=0.5,
+        metavar="SECONDS",
+        help="on SIGTERM, keep accepting this long after telling the control plane we leave, "
+        "so callers stop picking us before we refuse connections (default 0.5)",
+    )
+    p.add_argument(
+        "--tcp-outbound",
+        type=_tcp_outbound,
+        action="append",
+        default=[],
+        metavar="LISTEN=SERVICE:PORT",
+        help="listen here for TCP to a service port, e.g. 127.0.0.1:16379=redis:6379 "
+        "(repeatable; SERVICE may be NAME.NAMESPACE)",
+    )
+    p.add_argument(
+        "--app-protocol",
+        choices=("http", "http2", "grpc", "tcp"),
+        default="",
+        help="what the local app speaks when its Service does not say (static configs)",
+    )
+    p.add_argument(
+        "--detect-timeout",
+        type=float,
+        default=0.1,
+        metavar="SECONDS",
+        help="wait this long for a client's first bytes before treating a connection to a "
+        "port not declared tcp as TCP (default 0.1)",
+    )
+    p.add_argument(
+        "--tcp-idle-timeout",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="close TCP connections idle this long in both directions (default 3600)",
+    )
     p.add_argument("--no-uvloop", action="store_true", help="use the stdlib event loop")
+
+
+def _tcp_outbound(text: str) -> tuple[tuple[str, int], str, str, int]:
+    try:
+        return parse_tcp_outbound(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _mark(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r}: out of range (0 to 2^32-1)")
+    return value
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -311,10 +403,13 @@ def run(args: argparse.Namespace) -> int:
             idle_timeout=args.idle_timeout,
             upstream_idle_timeout=args.upstream_idle_timeout,
             connect_timeout=args.connect_timeout,
+            detect_timeout=args.detect_timeout,
+            tcp_idle_timeout=args.tcp_idle_timeout,
         ),
         access_log=args.access_log,
         access_log_sample=args.access_log_sample,
         drain_timeout=args.drain_timeout,
+        deregister_delay=args.deregister_delay,
         control=args.control,
         cache_path=Path(args.cache) if args.cache else None,
         advertise=args.advertise,
@@ -326,20 +421,54 @@ def run(args: argparse.Namespace) -> int:
         audit_log=args.audit_log,
         tracing_endpoint=args.tracing_endpoint,
         trace_sample=args.trace_sample,
+        dns=args.dns,
+        dns_forward=args.dns_forward,
+        socket_mark=args.mark,
+        tcp_outbound=tuple(args.tcp_outbound),
+        app_protocol=args.app_protocol,
     )
 
     def announce(proxy: Any) -> None:
         listening = ", ".join(f"{k} {h}:{p}" for k, (h, p) in proxy.addresses.items())
         print(f"plait proxy ({args.mode}) ready: {listening}", file=sys.stderr, flush=True)
 
+    main: Any = serve(options, announce) if args.mode != "node" else None
+    if args.mode == "node":
+        from plait.proxy import node as node_mode
+
+        try:
+            main = node_mode.serve(node_options(args, options), announce)
+        except node_mode.WorkloadError as exc:
+            print(f"plait proxy: {exc}", file=sys.stderr)
+            return 2
     runner: Any = asyncio.run
     if not args.no_uvloop:
         import uvloop
 
         runner = uvloop.run
     try:
-        runner(serve(options, announce))
+        runner(main)
     except OSError as exc:
         print(f"plait proxy: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def node_options(args: argparse.Namespace, base: ProxyOptions) -> Any:
+    """`--mode node`: the workloads from --workload flags and --workloads FILE."""
+    from plait.proxy import node
+
+    if args.service or args.app or args.labels:
+        raise node.WorkloadError(
+            "node mode: declare each workload with --workload (not --service/--app/--labels)"
+        )
+    if args.tcp_outbound:
+        raise node.WorkloadError("node mode: --tcp-outbound listeners are for sidecars")
+    specs = [node.parse_workload(text) for text in args.workload]
+    if args.workloads:
+        specs += node.load_workloads(args.workloads)
+    return node.NodeOptions(
+        base=base,
+        workloads=tuple(node.check_workloads(specs)),
+        cache=Path(args.cache) if args.cache else None,
+    )

@@ -20,6 +20,7 @@ import random
 from time import monotonic
 from typing import TYPE_CHECKING
 
+from plait.proto import grpc
 from plait.proto.errors import ProtocolError
 from plait.proto.events import (
     CHUNKED,
@@ -31,6 +32,7 @@ from plait.proto.events import (
     Headers,
     RequestHead,
     ResponseHead,
+    Trailers,
 )
 from plait.proto.h1 import (
     HOP_BY_HOP,
@@ -40,7 +42,7 @@ from plait.proto.h1 import (
     request_head_bytes,
     response_head_bytes,
 )
-from plait.proxy import batching
+from plait.proxy import batching, h2_upstream
 from plait.proxy.balance import hash_key
 from plait.proxy.filters.mirror import mirror_requests
 from plait.proxy.filters.path_normalize import InvalidPath, normalize_path
@@ -54,10 +56,12 @@ from plait.proxy.resilience import (
     may_retry,
 )
 from plait.proxy.routing import Decision
+from plait.proxy.upgrade import keep_upgrade, upgraded
 from plait.proxy.upstream import WRITE_HIGH_WATER, Host, UpstreamConnection
 from plait.telemetry.tracing import Span, extract, inject
 
 if TYPE_CHECKING:
+    from plait.proxy.h2_upstream import H2UpstreamConnection
     from plait.proxy.listener import ListenerContext
     from plait.proxy.upstream import ClusterRuntime
 
@@ -77,6 +81,13 @@ _RNG = random.Random()
 
 OVERLOADED = b"x-plait-overloaded: true\r\n"
 DEADLINE = b"x-plait-deadline"
+GRPC_TIMEOUT = b"grpc-timeout"
+# An HTTP/1.1 request carried over the HTTP/2 connection between proxies (h2UpgradePolicy).
+UPGRADED = b"x-plait-h2-upgraded"
+ATTEMPT = b"x-plait-attempt-count"
+# The start of the HTTP/2 client preface: an h2c connection with prior knowledge.
+H2_PREFACE_START = b"PRI * HTTP/2.0\r\n"
+_H2_PROTOCOLS = ("http2", "grpc", "h2c", "h2")
 
 
 def _deadline_ms(headers: Headers) -> int:
@@ -89,6 +100,32 @@ def _deadline_ms(headers: Headers) -> int:
 
 # A peer proxy's local replies that prove the request never reached its app.
 _NEVER_SENT = (b"UF", b"UH")
+
+
+def _grpc_deadline(forward: Headers, deadline_ms: int) -> tuple[Headers, int]:
+    """gRPC's own deadline (`grpc-timeout`) joins the budget; the next hop gets what is left
+    of the smaller one, in both headers (issue 4, deadline propagation)."""
+    grpc_ms = 0
+    for name, value in forward:
+        if name == GRPC_TIMEOUT:
+            grpc_ms = grpc.parse_timeout(value) or 0
+            break
+    if grpc_ms and (not deadline_ms or grpc_ms < deadline_ms):
+        deadline_ms = grpc_ms
+    if deadline_ms:
+        # The next hop gets a little less (1/20, 2-50 ms): it times out first and says so
+        # itself (504 UT, DEADLINE_EXCEEDED) rather than being cancelled by us a moment later.
+        margin = min(max(deadline_ms // 20, 2), 50)
+        forward = [f for f in forward if f[0] != GRPC_TIMEOUT]
+        forward.append((GRPC_TIMEOUT, grpc.format_timeout(max(deadline_ms - margin, 1))))
+    return forward, deadline_ms
+
+
+def _grpc_status(headers: Headers) -> int:
+    for name, value in headers:
+        if name == b"grpc-status":
+            return int(value) if value.isdigit() and len(value) < 4 else -1
+    return -1
 
 
 def _peer_never_sent(headers: Headers) -> bool:
@@ -132,6 +169,7 @@ class DownstreamConnection(batching.BatchedWriter, asyncio.Protocol):
         "deferred_error",
         "peer_id",
         "out",
+        "original_dst",
     )
 
     def __init__(self, ctx: ListenerContext) -> None:
@@ -149,6 +187,9 @@ class DownstreamConnection(batching.BatchedWriter, asyncio.Protocol):
         self.deferred_error: ProtocolError | None = None
         self.peer_id = ""  # the caller's SPIFFE ID, once mTLS proved it
         self.out: list[bytes] = []  # writes batched during one socket event (see batching)
+        # "vip:port" before an iptables redirect (transparent capture): set by the detecting
+        # acceptor when it looked, else looked up on a route miss (see Stream.start).
+        self.original_dst = b""
 
     # asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -166,6 +207,9 @@ class DownstreamConnection(batching.BatchedWriter, asyncio.Protocol):
                 self.transport.abort()  # type: ignore[union-attr]
                 return
             self.peer_id = peer_id
+            if ssl_object.selected_alpn_protocol() == "h2":
+                self.hand_over_h2(None)
+                return
         ctx.connections.add(self)
         ctx.stats.cx_total += 1
         # A new connection must send a request head within the header timeout (slowloris).
@@ -181,6 +225,12 @@ class DownstreamConnection(batching.BatchedWriter, asyncio.Protocol):
                 batching.end()
 
     def _received(self, data: bytes) -> None:
+        if self.deadline_kind == 1 and data[:16] == H2_PREFACE_START and self.stream is None:
+            # h2c with prior knowledge (RFC 9113 section 3.3), when no detection ran before us.
+            self.ctx.connections.discard(self)
+            self.ctx.stats.cx_total -= 1
+            self.hand_over_h2(data)
+            return
         if self.stream is None and self.deadline_kind == 2:
             # First bytes of a new request on an idle connection: the head is now due.
             self.deadline = self.ctx.loop.time() + self.ctx.settings.header_timeout
@@ -204,6 +254,24 @@ class DownstreamConnection(batching.BatchedWriter, asyncio.Protocol):
                 self.refuse(error)
             elif not stream.request_complete:
                 stream.request_broken(error)  # its body can never complete: do not wait for it
+
+    def hand_over_h2(self, data: bytes | None) -> None:
+        """This connection speaks HTTP/2: its transport goes to an HTTP/2 protocol."""
+        transport = self.transport
+        assert transport is not None
+        self.closed = True
+        h2 = self.ctx.h2_protocol_factory()
+        h2.peer_id = self.peer_id
+        h2.original_dst = self.original_dst
+        transport.set_protocol(h2)
+        h2.connection_made(transport)
+        if data:
+            h2.data_received(data)
+
+    def drain(self) -> None:
+        """Drain: an idle keep-alive connection closes now; a busy one after its response."""
+        if self.stream is None:
+            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -352,9 +420,17 @@ class Stream:
         "retries_done",
         "retry_slot",
         "hash_key",
+        "h2",
+        "up_h2",
+        "up_chunked",
+        "up_fields",
+        "trailers",
+        "grpc",
     )
 
     def __init__(self, down: DownstreamConnection, head: RequestHead) -> None:
+        # `down` is the HTTP/1.1 connection, or an HTTP/2 stream handle (`h2` is then True)
+        # with the same methods plus send_head/send_end/local_reply (see h2_downstream).
         self.down = down
         self.head = head
         self.method = head.method
@@ -394,6 +470,12 @@ class Stream:
         self.retries_done = 0
         self.retry_slot = False  # holds one of the cluster's maxRetries slots
         self.hash_key: bytes | None = None  # consistent hashing (RING_HASH) key
+        self.h2 = head.version == b"2"  # the request came over HTTP/2
+        self.up_h2 = False  # ... and goes upstream over HTTP/2 (decided once routed)
+        self.up_chunked = head.framing == CHUNKED  # body pieces go upstream chunked
+        self.up_fields: Headers = []  # the upstream request's fields (HTTP/2 upstreams)
+        self.trailers: Headers | None = None  # the response's trailers (HTTP/2 upstreams)
+        self.grpc = False  # a gRPC call (HTTP/2 only): gRPC-shaped local replies
 
     # request side --------------------------------------------------------------------
     def start(self) -> None:
@@ -432,6 +514,11 @@ class Stream:
         else:
             self.local_reply(400, "DPE", b"unsupported request target")
             return
+        if self.h2:
+            for name, value in head.headers:
+                if name == b"content-type":
+                    self.grpc = grpc.is_grpc(value)
+                    break
         if not host_header and head.version == b"1.1":
             self.local_reply(400, "DPE", b"missing Host header")  # RFC 9112 section 3.2
             return
@@ -440,6 +527,8 @@ class Stream:
             if name in drop or name == b"host" or name == b"content-length":
                 continue
             forward.append((name, value))
+        if head.upgrade:
+            keep_upgrade(self, forward)  # WebSocket & co (plait.proxy.upgrade)
         if not request_id:
             request_id = _request_id()
             forward.append((b"x-request-id", request_id))
@@ -490,12 +579,24 @@ class Stream:
                     return
         query_bytes = self.path[query + 1 :] if query >= 0 else b""
         routed = ctx.route(self.authority, head.method, path, forward, query_bytes)
+        if routed is None and ctx.captures and down.transport is not None:
+            # Captured (iptables REDIRECT): a Host naming no service (missing, an IP) routes
+            # by the VIP the app dialled. Asked only on a miss: the syscall costs ~8 us.
+            original = down.original_dst or ctx.original_authority(down.transport)
+            down.original_dst = original
+            if original:
+                routed = ctx.route(original, head.method, path, forward, query_bytes)
         if routed is None:
             self.local_reply(404, "NR")
             return
         cluster, decision = routed
         self.route = decision.route
         self.decision = decision
+        if cluster is not None and (self.h2 or cluster.h2_check or not cluster.protocol):
+            self.up_h2 = self.wants_h2(cluster)
+            self.up_chunked = self.up_chunked and not self.up_h2
+            if self.h2:  # our marker is for the next proxy only, never the app's to see
+                forward = [f for f in forward if f[0] != UPGRADED]
         if decision.request_headers:
             forward = edit_headers(forward, decision.request_headers)
         if decision.authority is not None:
@@ -510,6 +611,34 @@ class Stream:
             )
             return
         self.send_routed(cluster, decision, forward)
+
+    def wants_h2(self, cluster: ClusterRuntime) -> bool:
+        """Whether the request goes upstream over HTTP/2 (issue 8 items 1-2)."""
+        ctx = self.down.ctx
+        inbound = ctx.kind == "inbound"
+        if not cluster.protocol:  # once per cluster and snapshot
+            cluster.resolve_protocol(ctx.app_protocol() if inbound else "")
+        if self.head.upgrade:
+            return False  # WebSocket and friends: HTTP/1.1 between proxies (then tunnelled)
+        declared = cluster.protocol
+        if not inbound:
+            hosts = cluster.hosts
+            if (
+                hosts
+                and hosts[0].identity
+                and ctx.certs is not None
+                and cluster.policy.tls_mode in ("AUTO", "ISTIO_MUTUAL")
+            ):
+                # Another proxy, over mTLS: HTTP/2 requests always, HTTP/1.1 if upgraded.
+                return self.h2 or cluster.h2_upgrade
+        if declared in _H2_PROTOCOLS:
+            return True  # the app says it speaks HTTP/2
+        if declared != "-":
+            return False  # it declared HTTP/1.1 (or something else): downgrade
+        if inbound:
+            # As the request came to the mesh (an upgraded HTTP/1.1 request is downgraded).
+            return self.h2 and not any(name == UPGRADED for name, _ in self.head.headers)
+        return False  # an app outside the mesh that declared nothing: HTTP/1.1 is the safe bet
 
     def send_routed(
         self, cluster: ClusterRuntime | None, decision: Decision, forward: Headers
@@ -547,7 +676,16 @@ class Stream:
             deadline_ms = decision.timeout_ms
             forward = [f for f in forward if f[0] != DEADLINE]
             forward.append((DEADLINE, b"%d" % deadline_ms))
-        self.up_head = request_head_bytes(self.method, self.path, forward)
+        if self.grpc:
+            forward, deadline_ms = _grpc_deadline(forward, deadline_ms)
+        if self.up_h2:
+            if not self.h2:
+                forward.append((UPGRADED, b"1"))  # the server side downgrades it again
+            elif self.grpc:
+                forward.append((b"te", b"trailers"))  # gRPC servers require it
+            self.up_fields = forward
+        else:
+            self.up_head = request_head_bytes(self.method, self.path, forward)
         if decision.mirrors:
             body = (
                 b"".join(self.replay) if self.request_complete and self.replay is not None else None
@@ -565,7 +703,9 @@ class Stream:
         if host is None:
             self.local_reply(503, "UH")
             return
-        conn = None if fresh else host.take_idle()
+        conn: UpstreamConnection | H2UpstreamConnection | None = None
+        if not fresh:
+            conn = host.take_h2() if self.up_h2 else host.take_idle()
         breaker = cluster.breaker
         if conn is None and not (breaker.try_acquire_connection() and _pending(breaker)):
             # A new connection would pass maxConnections / http1MaxPendingRequests: refuse
@@ -579,7 +719,10 @@ class Stream:
         cluster.balancer.on_start(host)
         self.try_started = monotonic()
         if conn is not None:
-            self.attach(conn)
+            if self.up_h2:
+                self.attach_h2(conn)  # type: ignore[arg-type]
+            else:
+                self.attach(conn)  # type: ignore[arg-type]
             return
         self.connecting = True
         ctx = self.down.ctx
@@ -592,9 +735,16 @@ class Stream:
         cluster = self.cluster
         assert cluster is not None
         breaker = cluster.breaker
+        conn: UpstreamConnection | H2UpstreamConnection
         try:
             tls, expected, sni = ctx.upstream_tls(host, cluster)
-            conn = await host.open_connection(ctx.settings.connect_timeout, tls, expected, sni)
+            if self.up_h2:
+                tls = h2_upstream.h2_client_context(ctx.certs, tls)
+                conn = await host.open_h2_connection(
+                    ctx.settings.connect_timeout, tls, expected, sni
+                )
+            else:
+                conn = await host.open_connection(ctx.settings.connect_timeout, tls, expected, sni)
         except (OSError, TimeoutError):
             breaker.release_pending()
             breaker.release_connection()
@@ -619,9 +769,13 @@ class Stream:
         if self.finished:
             host.active -= 1
             cluster.balancer.on_finish(host, None, monotonic())
-            host.put_idle(conn, ctx.loop.time())
+            if not self.up_h2:
+                host.put_idle(conn, ctx.loop.time())  # type: ignore[arg-type]
             return
-        self.attach(conn)
+        if self.up_h2:
+            self.attach_h2(conn)  # type: ignore[arg-type]
+        else:
+            self.attach(conn)  # type: ignore[arg-type]
 
     def attach(self, conn: UpstreamConnection) -> None:
         decision = self.decision
@@ -642,11 +796,37 @@ class Stream:
             conn.pause_reading()
         self.down.resume_reading(PAUSE_CONNECTING)
 
+    def attach_h2(self, conn: H2UpstreamConnection) -> None:
+        """Send the request on a new stream of a multiplexed HTTP/2 connection."""
+        decision = self.decision
+        if decision is not None and decision.backend_timeout_ms:
+            self.try_timer = self.down.ctx.loop.call_later(
+                decision.backend_timeout_ms / 1000, self.on_timeout
+            )
+        pending = self.pending_body
+        self.pending_body = []
+        end = self.request_complete and not pending
+        head = RequestHead(self.method, self.path, self.up_fields)
+        cluster = self.cluster
+        tls = cluster is not None and self.host is not None and self.host.identity
+        handle = conn.open_stream(self, head, end, b"https" if tls else b"http")
+        if handle is None:
+            self.local_reply(503, "UF")
+            return
+        self.upstream = handle  # type: ignore[assignment]
+        for piece in pending:
+            handle.write(piece)
+        if pending and self.request_complete:
+            handle.end()
+        if self.down.write_paused:
+            handle.pause_reading()
+        self.down.resume_reading(PAUSE_CONNECTING)
+
     def request_data(self, data: bytes) -> None:
         self.bytes_received += len(data)
         if self.finished:
             return
-        piece = chunk(data) if self.head.framing == CHUNKED else data
+        piece = chunk(data) if self.up_chunked else data
         if self.replay is not None:
             self.replay_size += len(piece)
             if self.replay_size <= REPLAY_LIMIT:
@@ -661,7 +841,7 @@ class Stream:
 
     def request_end(self) -> None:
         self.request_complete = True
-        if self.head.framing == CHUNKED and not self.finished:
+        if self.up_chunked and not self.finished:
             if self.replay is not None:
                 self.replay.append(LAST_CHUNK)
             upstream = self.upstream
@@ -669,6 +849,8 @@ class Stream:
                 upstream.write(LAST_CHUNK)
             else:
                 self.pending_body.append(LAST_CHUNK)
+        elif self.up_h2 and not self.finished and self.upstream is not None:
+            self.upstream.end()  # type: ignore[attr-defined]
         if self.response_complete or self.finished:
             self.done()
 
@@ -684,11 +866,16 @@ class Stream:
             self.response_head(event)  # type: ignore[arg-type]
         elif event is END_OF_STREAM and self.response_started:
             self.response_end()
+        elif kind is Trailers:
+            self.trailers = event.headers  # type: ignore[attr-defined]
 
     def response_head(self, head: ResponseHead) -> None:
         status = head.status
         down = self.down
         if status < 200:
+            if status == 101 and self.head.upgrade:
+                upgraded(self, head)  # the connections become a byte tunnel
+                return
             if status == 100 and self.head.version == b"1.1":
                 down.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return  # interim responses: wait for the final one
@@ -720,6 +907,14 @@ class Stream:
                     idempotent=self.method in IDEMPOTENT,
                     replayable=self.replay is not None,
                 )
+            elif self.grpc and head.framing == NO_BODY and decision is not None:
+                # A trailers-only gRPC answer whose grpc-status the route retries on.
+                retry_on = decision.retry.grpc_statuses
+                code = _grpc_status(head.headers) if retry_on else -1
+                if code in retry_on:
+                    outcome = Outcome(
+                        status=status, grpc_status=code, replayable=self.replay is not None
+                    )
             if outcome is not None and self.schedule_retry(outcome):
                 # This try's response is dropped unseen; the next try answers instead.
                 conn = self.upstream
@@ -745,6 +940,21 @@ class Stream:
         if decision is not None and decision.response_headers:
             headers = edit_headers(headers, decision.response_headers)
         framing = self.response_framing = head.framing
+        if self.h2:
+            if not self.request_complete:
+                self.up_keep_alive = False
+            down.send_head(status, headers, framing == NO_BODY)  # type: ignore[attr-defined]
+            if framing == NO_BODY:
+                self.response_end()
+            return
+        if (
+            self.up_h2
+            and framing == NO_BODY
+            and status not in (204, 304)
+            and self.method != b"HEAD"
+            and not any(n == b"content-length" for n, _ in headers)
+        ):
+            headers.append((b"content-length", b"0"))  # HTTP/1.1 needs the length said
         client_11 = self.head.version == b"1.1"
         if framing in (CHUNKED, UNTIL_CLOSE):
             if client_11:
@@ -771,9 +981,14 @@ class Stream:
         self.response_complete = True
         if self.response_chunked:
             self.down.write(LAST_CHUNK)
+        elif self.h2:
+            self.down.send_end(self.trailers)  # type: ignore[attr-defined]
         conn = self.upstream
         self.upstream = None
-        if conn is not None:
+        if self.up_h2:
+            if conn is not None:
+                conn.finish(self.request_complete)  # type: ignore[attr-defined]
+        elif conn is not None:
             conn.served += 1
             cluster = self.cluster
             reuse = cluster is None or cluster.breaker.reuse_connection(
@@ -883,9 +1098,13 @@ class Stream:
         if self.finished:
             return
         n = self.retries_done
-        self.up_head = self.up_head.replace(
-            b"x-plait-attempt-count: %d\r\n" % n, b"x-plait-attempt-count: %d\r\n" % (n + 1), 1
-        )
+        if self.up_h2:
+            attempt = b"%d" % (n + 1)
+            self.up_fields = [(k, attempt if k == ATTEMPT else v) for k, v in self.up_fields]
+        else:
+            self.up_head = self.up_head.replace(
+                b"x-plait-attempt-count: %d\r\n" % n, b"x-plait-attempt-count: %d\r\n" % (n + 1), 1
+            )
         if self.replay is not None:
             self.pending_body = list(self.replay)
         self.pick_and_send()
@@ -939,11 +1158,15 @@ class Stream:
         self.flags = flags
         self.response_started = True
         self.response_complete = True
+        self.bytes_sent = 0
+        if self.h2:
+            self.down.local_reply(status, flags, detail, extra, self.grpc)  # type: ignore[attr-defined]
+            self.done()
+            return
         close = not self.request_complete or not self.down_keep_alive or self.down.ctx.draining
         if close:
             self.down_keep_alive = False
         body = local_reply_bytes(status, flags, detail, close=close, extra=extra)
-        self.bytes_sent = 0
         self.down.write(body)
         self.done()
 

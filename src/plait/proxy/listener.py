@@ -25,6 +25,7 @@ from plait.proxy.certificates import CertificateManager
 from plait.proxy.downstream import DownstreamConnection
 from plait.proxy.filters.inbound_policy import InboundPolicy
 from plait.proxy.filters.metrics import ListenerMetrics
+from plait.proxy.original_dst import original_destination
 from plait.proxy.routing import Decision
 from plait.proxy.runtime import APP_CLUSTER, ConfigHolder, Runtime
 from plait.proxy.tap import TapHub, stream_record
@@ -35,6 +36,7 @@ from plait.telemetry.tracing import CLIENT, SERVER, Tracer, extract
 
 if TYPE_CHECKING:
     from plait.proxy.downstream import Stream
+    from plait.proxy.h2_downstream import H2DownstreamConnection
 
 __all__ = ["ListenerContext", "ProxySettings", "OUTBOUND", "INBOUND", "GATEWAY"]
 
@@ -72,6 +74,11 @@ class ProxySettings:
     connect_timeout: float = 5.0
     max_head_bytes: int = 60 * 1024
     max_headers: int = 100
+    # 100 ms for a client's first bytes on a port not declared `tcp` before it is treated as
+    # TCP: server-first protocols must not hang (Linkerd waits 10 s; the issue asks for less).
+    detect_timeout: float = 0.1
+    # 1 h without a byte either way closes a TCP tunnel (Istio's TCP idle_timeout default).
+    tcp_idle_timeout: float = 3600.0
 
 
 class ListenerContext:
@@ -103,16 +110,35 @@ class ListenerContext:
         self.spawn = spawn
         self.loop = asyncio.get_running_loop()
         self.stats = ListenerStats()
-        self.connections: set[DownstreamConnection] = set()
+        self.connections: set[DownstreamConnection | H2DownstreamConnection] = set()
+        self.tunnels: set[Any] = set()  # open TCP sessions (plait.proxy.tcp), closed on exit
+        self.app_protocol_flag = ""  # `--app-protocol`, set by the proxy app
         self.draining = False
+        # Outbound connections may be redirected by iptables (`plait capture`): their
+        # original destination routes a request whose Host names no service.
+        self.captures = kind == OUTBOUND
         self.route: Callable[[bytes, bytes, bytes, Headers, bytes], RouteResult] = {
             OUTBOUND: self._route_outbound,
             GATEWAY: self._route_gateway,
             INBOUND: self._route_inbound,
         }[kind]
 
+    def app_protocol(self) -> str:
+        """What the local app speaks (http, http2, grpc, tcp; "" unknown): `--app-protocol`,
+        else the protocol its Service declares for the app's port (or its only port)."""
+        if self.app_protocol_flag:
+            return self.app_protocol_flag
+        app = self.config.app
+        return self.config.current.snapshot.app_protocol(app[1] if app is not None else 0)
+
     def protocol_factory(self) -> DownstreamConnection:
         return DownstreamConnection(self)
+
+    def h2_protocol_factory(self) -> H2DownstreamConnection:
+        """The HTTP/2 protocol (h2c prior knowledge, or TLS that negotiated ALPN `h2`)."""
+        from plait.proxy.h2_downstream import H2DownstreamConnection
+
+        return H2DownstreamConnection(self)
 
     # routing -------------------------------------------------------------------------
     def _route_outbound(
@@ -135,6 +161,12 @@ class ListenerContext:
         self, authority: bytes, method: bytes, path: bytes, headers: Headers, query: bytes
     ) -> RouteResult:
         return (self.config.current.clusters.get(APP_CLUSTER), INBOUND_DECISION)
+
+    def original_authority(self, transport: asyncio.BaseTransport) -> bytes:
+        """`vip:port` the app connected to before a REDIRECT; b"" when not redirected."""
+        sock = transport.get_extra_info("socket")
+        found = original_destination(sock) if sock is not None else None
+        return f"{found[0]}:{found[1]}".encode() if found is not None else b""
 
     def cluster(self, service: tuple[str, str]) -> ClusterRuntime | None:
         return self.config.current.clusters.get(service)

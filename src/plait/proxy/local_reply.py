@@ -14,9 +14,10 @@ A user who sees a 503 can tell why from `x-plait-response-flags` (and the access
 
 from __future__ import annotations
 
+from plait.proto import grpc
 from plait.proto.h1 import reason_phrase
 
-__all__ = ["FLAG_HEADER", "local_reply_bytes", "FLAG_STATUS"]
+__all__ = ["FLAG_HEADER", "local_reply_bytes", "local_reply_fields", "FLAG_STATUS"]
 
 FLAG_HEADER = b"x-plait-response-flags"
 
@@ -59,3 +60,32 @@ def local_reply_bytes(
         head.append(extra)  # complete header lines, e.g. b"x-plait-overloaded: true\r\n"
     head.append(b"\r\n")
     return b"".join(head) + body
+
+
+def local_reply_fields(
+    status: int, flags: str, detail: bytes | None, extra: bytes, is_grpc: bool
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """A local reply for HTTP/2: (header list with `:status`, body). A gRPC caller gets a
+    trailers-only response (HTTP 200, `grpc-status`, `grpc-message`, no body), never text."""
+    text = detail if detail is not None else _DETAILS.get(flags, reason_phrase(status))
+    given: list[tuple[bytes, bytes]] = []
+    for line in extra.split(b"\r\n"):  # complete header lines, as local_reply_bytes takes them
+        name, sep, value = line.partition(b":")
+        if sep:
+            given.append((name.strip().lower(), value.strip()))
+    if is_grpc:
+        fields = [(b":status", b"200")]
+        if not any(name == b"grpc-status" for name, _ in given):  # a fault may say its own
+            fields += grpc.local_reply_headers(grpc.status_for_flag(status, flags), text)
+        body = b""
+    else:
+        body = text + b"\n"
+        fields = [
+            (b":status", b"%d" % status),
+            (b"content-type", b"text/plain"),
+            (b"content-length", b"%d" % len(body)),
+        ]
+    if flags:
+        fields.append((FLAG_HEADER, flags.encode()))
+    fields += given
+    return fields, body

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Iterable, Iterator, Mapping
 from time import monotonic
@@ -31,6 +32,7 @@ from plait.proxy.resilience import CircuitBreaker, RetryBudget
 
 if TYPE_CHECKING:
     from plait.proxy.downstream import Stream
+    from plait.proxy.h2_upstream import H2UpstreamConnection
 
 __all__ = ["ClusterRuntime", "Host", "HostRegistry", "UpstreamConnection"]
 
@@ -40,6 +42,37 @@ log = logging.getLogger("plait.proxy.upstream")
 WRITE_HIGH_WATER = 64 * 1024
 # Idle pooled connections kept per host; more are closed rather than hoarded.
 MAX_IDLE_PER_HOST = 64
+# SO_MARK put on upstream sockets (0: none), so `plait capture --proxy-mark` can exempt the
+# proxy's own connections from the redirect. Set once at start (`set_socket_mark`).
+SOCKET_MARK = 0
+
+
+def set_socket_mark(mark: int) -> None:
+    """Mark every upstream socket opened from now on (needs CAP_NET_ADMIN)."""
+    global SOCKET_MARK
+    SOCKET_MARK = mark
+
+
+async def _marked_socket(address: str, port: int) -> socket.socket:
+    """A TCP socket with SO_MARK set, connected to (address, port); the caller owns it."""
+    loop = asyncio.get_running_loop()
+    info = await loop.getaddrinfo(address, port, type=socket.SOCK_STREAM)
+    family, kind, proto, _, target = info[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, SOCKET_MARK)
+        await loop.sock_connect(sock, target)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _h2_upgrade_default() -> bool:
+    from plait.proxy.h2_upstream import UPGRADE_BETWEEN_PROXIES
+
+    return UPGRADE_BETWEEN_PROXIES
 
 
 class UpstreamConnection(batching.BatchedWriter, asyncio.Protocol):
@@ -176,6 +209,7 @@ class Host:
         "label",
         "identity",
         "cx_tls_fail",
+        "h2",
     )
 
     def __init__(self, endpoint: Endpoint) -> None:
@@ -192,6 +226,18 @@ class Host:
         self.cx_connect_fail = 0
         self.cx_tls_fail = 0
         self.rq_total = 0
+        self.h2: list[H2UpstreamConnection] = []  # multiplexed HTTP/2 connections
+
+    def take_h2(self) -> H2UpstreamConnection | None:
+        """An HTTP/2 connection that can open one more stream, if any."""
+        for conn in self.h2:
+            if conn.available():
+                return conn
+        return None
+
+    def forget_h2(self, conn: H2UpstreamConnection) -> None:
+        if conn in self.h2:
+            self.h2.remove(conn)
 
     def take_idle(self) -> UpstreamConnection | None:
         idle = self.idle
@@ -219,10 +265,15 @@ class Host:
         """Close pooled connections idle since before `cutoff` (called by the ticker)."""
         for conn in [c for c in self.idle if c.idle_since < cutoff]:
             conn.close()
+        for h2 in [c for c in self.h2 if not c.streams and c.idle_since < cutoff]:
+            h2.close()
 
     def close_all_idle(self) -> None:
         for conn in list(self.idle):
             conn.close()
+        for h2 in list(self.h2):
+            if not h2.streams:
+                h2.close()
 
     async def open_connection(
         self,
@@ -234,17 +285,59 @@ class Host:
         """Connect a new pooled connection, over TLS when `tls` is given; with mTLS the peer
         must prove one of the `expected` SPIFFE IDs (default: this host's `identity`; `()`:
         plain TLS, verified by the context itself). Raises OSError or TimeoutError."""
+        conn = await self._connect(UpstreamConnection, timeout, tls, expected, server_hostname)
+        return conn
+
+    async def open_h2_connection(
+        self,
+        timeout: float,
+        tls: ssl.SSLContext | None = None,
+        expected: tuple[str, ...] | None = None,
+        server_hostname: str = "",
+    ) -> H2UpstreamConnection:
+        """Connect a multiplexed HTTP/2 connection (h2c, or TLS with ALPN `h2`) and keep it
+        in `h2` for the streams that follow. Raises OSError or TimeoutError."""
+        from plait.proxy.h2_upstream import H2UpstreamConnection
+
+        conn: H2UpstreamConnection = await self._connect(
+            H2UpstreamConnection, timeout, tls, expected, server_hostname
+        )
+        if tls is not None:
+            ssl_object = conn.transport.get_extra_info("ssl_object")  # type: ignore[union-attr]
+            if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+                self.cx_connect_fail += 1
+                conn.abort()
+                raise ConnectionRefusedError(f"{self.label}: the peer did not agree to h2")
+        self.h2.append(conn)
+        return conn
+
+    async def _connect(
+        self,
+        factory: Any,
+        timeout: float,
+        tls: ssl.SSLContext | None,
+        expected: tuple[str, ...] | None,
+        server_hostname: str,
+    ) -> Any:
         loop = asyncio.get_running_loop()
         self.cx_total += 1
         try:
             async with asyncio.timeout(timeout):
-                _, proto = await loop.create_connection(
-                    lambda: UpstreamConnection(self),
-                    self.address,
-                    self.port,
-                    ssl=tls,
-                    server_hostname=server_hostname if tls is not None else None,
-                )
+                if SOCKET_MARK:
+                    _, proto = await loop.create_connection(
+                        lambda: factory(self),
+                        sock=await _marked_socket(self.address, self.port),
+                        ssl=tls,
+                        server_hostname=server_hostname if tls is not None else None,
+                    )
+                else:
+                    _, proto = await loop.create_connection(
+                        lambda: factory(self),
+                        self.address,
+                        self.port,
+                        ssl=tls,
+                        server_hostname=server_hostname if tls is not None else None,
+                    )
         except ssl.SSLError as exc:
             self.cx_connect_fail += 1
             self._tls_failed(str(exc))
@@ -255,7 +348,7 @@ class Host:
         wanted = (self.identity,) if expected is None else expected
         if tls is not None and wanted:
             try:
-                verify_peer(proto.transport.get_extra_info("ssl_object"), wanted)  # type: ignore[union-attr]
+                verify_peer(proto.transport.get_extra_info("ssl_object"), wanted)
             except PeerVerificationError as exc:
                 self.cx_connect_fail += 1
                 self._tls_failed(str(exc))
@@ -278,6 +371,7 @@ class Host:
             "workload": self.workload,
             "active": self.active,
             "idle_connections": len(self.idle),
+            "h2_connections": len(self.h2),
             "cx_total": self.cx_total,
             "cx_connect_fail": self.cx_connect_fail,
             "cx_tls_fail": self.cx_tls_fail,
@@ -338,6 +432,9 @@ class ClusterRuntime:
         "checks",
         "checked_ok",
         "next_check",
+        "protocol",
+        "h2_upgrade",
+        "h2_check",
     )
 
     def __init__(
@@ -353,6 +450,17 @@ class ClusterRuntime:
         self.hosts = hosts
         policy = policy or ClusterPolicy()
         self.policy = policy
+        # What the service's ports declare (`http2`/`grpc`: speak HTTP/2 to it); "" until
+        # resolved (see resolve_protocol), "-" when nothing is declared.
+        self.protocol = ""
+        # DestinationRule h2UpgradePolicy: HTTP/1.1 requests to other proxies over HTTP/2.
+        upgrade = getattr(policy.connection_pool, "h2_upgrade_policy", None)
+        self.h2_upgrade = (
+            upgrade == "UPGRADE"
+            if upgrade in ("UPGRADE", "DO_NOT_UPGRADE")
+            else _h2_upgrade_default()
+        )
+        self.h2_check = self.h2_upgrade  # whether HTTP/1.1 requests may go over HTTP/2
         same_policy = previous is not None and previous.policy == policy
         self.breaker: CircuitBreaker
         self.budget: RetryBudget
@@ -400,7 +508,16 @@ class ClusterRuntime:
         cls, cluster: Cluster, registry: HostRegistry, previous: ClusterRuntime | None = None
     ) -> ClusterRuntime:
         hosts = tuple(registry.host_for(e) for e in cluster.endpoints if e.healthy)
-        return cls(cluster.name, cluster.namespace, hosts, cluster.policy, previous)
+        runtime = cls(cluster.name, cluster.namespace, hosts, cluster.policy, previous)
+        declared = set(getattr(cluster, "protocols", ()))
+        if len(declared) == 1:
+            runtime.resolve_protocol(declared.pop())
+        return runtime
+
+    def resolve_protocol(self, protocol: str) -> None:
+        """Set the protocol the service speaks ("" or "-": not declared)."""
+        self.protocol = protocol.lower() or "-"
+        self.h2_check = self.h2_upgrade or self.protocol in ("http2", "grpc")
 
     def health_changed(self) -> None:
         """Recompute the hosts that pass their active health checks (after a verdict change)."""

@@ -7,7 +7,7 @@ events carry stream id 0. Slotted and immutable by convention, like the shared e
 
 from __future__ import annotations
 
-from plait.proto.events import Headers
+from plait.proto.events import Trailers
 
 __all__ = [
     "GoAway",
@@ -18,18 +18,6 @@ __all__ = [
     "Trailers",
     "WindowUpdated",
 ]
-
-
-class Trailers:
-    """A trailer section; END_OF_STREAM follows (RFC 9113 section 8.1)."""
-
-    __slots__ = ("headers",)
-
-    def __init__(self, headers: Headers) -> None:
-        self.headers = headers
-
-    def __repr__(self) -> str:
-        return f"Trailers({len(self.headers)} fields)"
 
 
 class StreamReset:

@@ -171,7 +171,7 @@ class Sender(ConnectionState):
         new = next_state(stream.state, SEND_HEADERS)
         if new < 0:
             raise StreamUnavailable(f"stream {stream.id} cannot send headers now")
-        block = self._encoder.encode(fields)
+        block = self._encoder.encode(fields, self.config.huffman)
         self._out.append(
             header_block_frames(stream.id, block, end_stream, self.remote_max_frame_size)
         )
@@ -181,7 +181,7 @@ class Sender(ConnectionState):
 
     def _emit_block(self, stream_id: int, fields: Fields, end_stream: bool) -> None:
         """A header block for a stream we do not track (a local reply we make ourselves)."""
-        block = self._encoder.encode(fields)
+        block = self._encoder.encode(fields, self.config.huffman)
         self._out.append(
             header_block_frames(stream_id, block, end_stream, self.remote_max_frame_size)
         )

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from plait.config.snapshot import Node
 from plait.identity.spiffe import SpiffeId
-from plait.telemetry.metrics import UNKNOWN, Peer, ProxyMetrics, RequestSeries
+from plait.telemetry.metrics import UNKNOWN, Peer, ProxyMetrics, RequestSeries, TcpSeries
 
 if TYPE_CHECKING:
     from plait.proxy.certificates import CertificateManager
@@ -33,7 +33,7 @@ def _principal_namespace(principal: str) -> str:
 class ListenerMetrics:
     """Records each finished stream of one listener into the proxy's metrics."""
 
-    __slots__ = ("metrics", "reporter", "node", "certs", "_series", "_endpoints")
+    __slots__ = ("metrics", "reporter", "node", "certs", "_series", "_endpoints", "_tcp")
 
     def __init__(
         self, metrics: ProxyMetrics, kind: str, node: Node, certs: CertificateManager | None
@@ -46,6 +46,7 @@ class ListenerMetrics:
         self.certs = certs
         self._series: dict[object, RequestSeries] = {}
         self._endpoints: dict[tuple[str, str], object] = {}
+        self._tcp: dict[object, TcpSeries] = {}
 
     def _own(self) -> Peer:
         labels = self.node.labels
@@ -61,53 +62,74 @@ class ListenerMetrics:
             canonical_revision=labels.get("version", "latest"),
         )
 
+    def _outbound_labels(
+        self, cluster: ClusterRuntime | None, host: Host | None
+    ) -> tuple[Peer, Peer, str, str, str, str]:
+        """(source, destination, service, name, namespace, security policy) of a call."""
+        if cluster is not None:
+            name, ns = cluster.name, cluster.namespace
+            service = f"{name}.{ns}.svc.cluster.local"
+        else:
+            name = ns = service = UNKNOWN
+        destination = UNKNOWN_DESTINATION
+        if host is not None:
+            app = host.labels.get("app", name)
+            destination = Peer(
+                workload=host.workload or UNKNOWN,
+                namespace=ns,
+                principal=host.identity or UNKNOWN,
+                app=app,
+                version=host.labels.get("version", UNKNOWN),
+                canonical_service=app,
+                canonical_revision=host.labels.get("version", "latest"),
+            )
+        policy = "mutual_tls" if host is not None and host.identity and self.certs else "none"
+        return self._own(), destination, service, name, ns, policy
+
+    def _inbound_labels(self, peer_id: str) -> tuple[Peer, Peer, str, str, str, str]:
+        source = (
+            Peer(principal=peer_id, namespace=_principal_namespace(peer_id)) if peer_id else Peer()
+        )
+        name, ns = self.node.service or UNKNOWN, self.node.namespace
+        policy = "mutual_tls" if peer_id else "none"
+        return source, self._own(), f"{name}.{ns}.svc.cluster.local", name, ns, policy
+
     def _outbound_series(self, cluster: ClusterRuntime | None, host: Host | None) -> RequestSeries:
         key = (cluster.name if cluster else "", cluster.namespace if cluster else "", host)
         series = self._series.get(key)
         if series is None:
-            if cluster is not None:
-                name, ns = cluster.name, cluster.namespace
-                service = f"{name}.{ns}.svc.cluster.local"
-            else:
-                name = ns = service = UNKNOWN
-            destination = UNKNOWN_DESTINATION
-            if host is not None:
-                app = host.labels.get("app", name)
-                destination = Peer(
-                    workload=host.workload or UNKNOWN,
-                    namespace=ns,
-                    principal=host.identity or UNKNOWN,
-                    app=app,
-                    version=host.labels.get("version", UNKNOWN),
-                    canonical_service=app,
-                    canonical_revision=host.labels.get("version", "latest"),
-                )
-            policy = "mutual_tls" if host is not None and host.identity and self.certs else "none"
+            source, destination, service, name, ns, policy = self._outbound_labels(cluster, host)
             series = self._series[key] = self.metrics.istio.request_series(
-                self.reporter, self._own(), destination, service, name, ns, "http", policy
+                self.reporter, source, destination, service, name, ns, "http", policy
             )
         return series
 
     def _inbound_series(self, peer_id: str) -> RequestSeries:
         series = self._series.get(peer_id)
         if series is None:
-            source = (
-                Peer(principal=peer_id, namespace=_principal_namespace(peer_id))
-                if peer_id
-                else Peer()
-            )
-            own = self._own()
-            name, ns = self.node.service or UNKNOWN, self.node.namespace
+            source, own, service, name, ns, policy = self._inbound_labels(peer_id)
             series = self._series[peer_id] = self.metrics.istio.request_series(
-                self.reporter,
-                source,
-                own,
-                f"{name}.{ns}.svc.cluster.local",
-                name,
-                ns,
-                "http",
-                "mutual_tls" if peer_id else "none",
+                self.reporter, source, own, service, name, ns, "http", policy
             )
+        return series
+
+    def tcp_series(
+        self, cluster: ClusterRuntime | None, host: Host | None, peer_id: str
+    ) -> TcpSeries:
+        """The TCP series of one proxied connection (Istio's istio_tcp_*), with the labels
+        of the HTTP series: the caller (inbound) or the destination host (outbound)."""
+        inbound = self.reporter == "destination"
+        key: object = (
+            peer_id
+            if inbound
+            else (cluster.name if cluster else "", cluster.namespace if cluster else "", host)
+        )
+        series = self._tcp.get(key)
+        if series is None:
+            labels = (
+                self._inbound_labels(peer_id) if inbound else self._outbound_labels(cluster, host)
+            )
+            series = self._tcp[key] = self.metrics.istio.tcp_series(self.reporter, *labels)
         return series
 
     def record(self, stream: Stream, duration_ms: float) -> None:

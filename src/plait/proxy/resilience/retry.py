@@ -5,12 +5,16 @@ Conditions follow Envoy's `x-envoy-retry-on` / `x-envoy-retry-grpc-on` (which Is
 failure, refused stream, reset, per-try timeout); `gateway-error` is 502/503/504 plus the same
 response-less failures (they surface as 503/504); `reset` is any response-less failure;
 `connect-failure` and `refused-stream` only those; `retriable-4xx` is 409; and
-`retriable-status-codes` the listed codes. gRPC conditions read the `grpc-status`.
+`retriable-status-codes` the listed codes. gRPC conditions (`unavailable`, `cancelled`,
+`deadline-exceeded`, `resource-exhausted`, `internal`) read the `grpc-status` of a
+trailers-only response.
 
 Safety comes before any condition: a request that may have reached the upstream is repeated
 only when its method is idempotent (RFC 9110 section 9.2.2), and never when its body was too
 large to keep for replay. A connect failure or a refused stream proves that the upstream never
-saw the request, so those are retried for every method.
+saw the request, so those are retried for every method. A listed gRPC status is retried
+whatever the method (every gRPC call is a POST): listing it is the route owner's statement that
+the call is safe to repeat, as a gRPC service config's retryableStatusCodes is.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from plait.config.traffic_policy import RetryPolicyConfig
+from plait.config.traffic_policy import GRPC_RETRY_STATUS, RetryPolicyConfig
 
 if TYPE_CHECKING:
     from plait.proxy.resilience.breaker import CircuitBreaker
@@ -57,14 +61,6 @@ _STATUSES = {
     "gateway-error": frozenset({502, 503, 504}),
     "retriable-4xx": frozenset({409}),  # Envoy: only 409 Conflict is worth repeating
 }
-# gRPC status codes (grpc/doc/statuscodes.md) by Envoy's retry-grpc-on names.
-_GRPC = {
-    "cancelled": 1,
-    "deadline-exceeded": 4,
-    "resource-exhausted": 8,
-    "internal": 13,
-    "unavailable": 14,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +96,7 @@ class RetryPolicy:
         per_try_timeout: float = 0.0,
         backoff_base: float = 0.025,
         backoff_max: float = 0.250,
+        grpc_statuses: frozenset[int] = frozenset(),
     ) -> None:
         self.attempts = attempts  # retries after the first try (Istio's `attempts`)
         self.per_try_timeout = per_try_timeout  # seconds; 0: none
@@ -114,7 +111,9 @@ class RetryPolicy:
             statuses.update(retriable_status_codes)
         self.statuses = frozenset(statuses)  # the lead may test `status in statuses` first
         self.failures = frozenset(failures)
-        self.grpc_statuses = frozenset(_GRPC[c] for c in retry_on if c in _GRPC)
+        # gRPC statuses: given as codes (the snapshot's `grpc_statuses`) or as condition names.
+        named = (GRPC_RETRY_STATUS[c] for c in retry_on if c in GRPC_RETRY_STATUS)
+        self.grpc_statuses = grpc_statuses.union(named)
 
     @classmethod
     def from_config(cls, cfg: RetryPolicyConfig) -> RetryPolicy:
@@ -125,6 +124,7 @@ class RetryPolicy:
             cfg.per_try_timeout_ms / 1000,
             cfg.backoff_base_ms / 1000,
             cfg.backoff_max_ms / 1000,
+            cfg.grpc_statuses,
         )
 
     def should_retry(self, outcome: Outcome, retries_done: int) -> bool:
@@ -136,13 +136,12 @@ class RetryPolicy:
             if failure not in self.failures:
                 return False
             reached = outcome.reached_upstream and failure not in NEVER_REACHED
-        else:
-            if (
-                outcome.status not in self.statuses
-                and outcome.grpc_status not in self.grpc_statuses
-            ):
-                return False
+        elif outcome.status in self.statuses:
             reached = True
+        else:
+            # gRPC calls are all POSTs, so idempotency cannot come from the method: the route
+            # owner listing the status is the promise, as in gRPC's own retry policy (A6).
+            return outcome.grpc_status is not None and outcome.grpc_status in self.grpc_statuses
         return outcome.idempotent or not reached
 
     def backoff(self, retries_done: int, rng: random.Random) -> float:

@@ -1,0 +1,211 @@
+"""CPU time per request per proxy: plait pair against the Envoy pair, in the same minute.
+
+    python -m bench.cpu_per_request [--seconds 5] [--rounds 3] [--h2-upgrade]
+                                    [--base SRC] [--no-envoy] [--keep]
+
+Throughput on a shared machine says more about the neighbours than about the proxy; CPU time
+per request does not (much): each proxy's utime+stime from /proc/PID/stat, read before and
+after a `wrk -t1 -c32` run, divided by the requests wrk completed. Every system is started
+once and kept running; the rounds then visit them in turn (warm-up, measure), so a change in
+the machine's load lands on all of them alike. Each proxy's idle CPU rate (timers, control
+plane heartbeats), measured before the rounds, is subtracted. Medians over rounds are printed
+with the spread (min-max).
+
+Systems: `plait` (this tree, HTTP/1.1 between the proxies), `plait-h2` (`--h2-upgrade`:
+PLAIT_H2_UPGRADE=1, one multiplexed HTTP/2 mTLS connection between the proxies), `base` and
+`base-h2` (`--base DIR`: another copy of the plait package, DIR holding `plait/`, for a
+before -> after comparison in the same minute) and `envoy` (bench/systems/envoy.py, the
+yardstick). It asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from bench.load import wrk
+from bench.pki import Pki
+from bench.procs import Processes, cpu_seconds
+from bench.systems import System, Target
+from bench.systems.envoy import EnvoyPair
+from bench.systems.plait import PlaitPair
+from bench.upstream import Nginx
+
+__all__ = ["main"]
+
+CONNECTIONS = 32
+IDLE_SECONDS = 2.0
+
+
+@contextmanager
+def _environment(**values: str | None) -> Iterator[None]:
+    """Set (or unset, for None) environment variables while children are spawned."""
+    saved = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+Started = tuple[System, Target]
+
+
+def _plait(source: Path | None, h2: bool) -> Callable[[Path, int, Pki], Started]:
+    """A PlaitPair factory whose processes run the package under `source` (None: this one)."""
+
+    def start(work: Path, upstream: int, pki: Pki) -> Started:
+        system = PlaitPair(work, upstream, pki)
+        path = os.environ.get("PYTHONPATH")
+        if source is not None:
+            path = os.pathsep.join([str(source), *filter(None, [path])])
+        with _environment(PLAIT_H2_UPGRADE="1" if h2 else None, PYTHONPATH=path):
+            try:
+                return system, system.start()
+            except BaseException:
+                system.close()
+                raise
+
+    return start
+
+
+def _envoy(work: Path, upstream: int, pki: Pki) -> Started:
+    system = EnvoyPair(work, upstream, pki)
+    try:
+        return system, system.start()
+    except BaseException:
+        system.close()
+        raise
+
+
+def _cpu(pids: dict[str, int]) -> dict[str, float]:
+    return {role: cpu_seconds(pid) for role, pid in pids.items()}
+
+
+def measure(
+    target: Target, pids: dict[str, int], seconds: float, idle: dict[str, float]
+) -> dict[str, float]:
+    """One wrk run: us of CPU per request for each proxy (idle rate subtracted), and req/s."""
+    before, t0 = _cpu(pids), time.monotonic()
+    result = wrk(target, CONNECTIONS, seconds)
+    after, elapsed = _cpu(pids), time.monotonic() - t0
+    requests = result["requests"]
+    if not requests or result["errors"]:
+        raise RuntimeError(f"wrk: {requests} requests, {result['errors']} errors")
+    out = {
+        role: max(0.0, after[role] - before[role] - idle[role] * elapsed) / requests * 1e6
+        for role in pids
+    }
+    out["rps"] = result["rps"]
+    return out
+
+
+def idle_rates(pids: dict[str, int], seconds: float) -> dict[str, float]:
+    """CPU seconds per second each proxy spends with no traffic."""
+    before = _cpu(pids)
+    time.sleep(seconds)
+    after = _cpu(pids)
+    return {role: (after[role] - before[role]) / seconds for role in pids}
+
+
+def _fmt(values: list[float], digits: int = 0) -> str:
+    med = statistics.median(values)
+    if len(values) == 1:
+        return f"{med:.{digits}f}"
+    return f"{med:.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--seconds", type=float, default=5.0, help="length of each wrk run")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--h2-upgrade", action="store_true", help="also plait with HTTP/2 between")
+    p.add_argument("--only-h2", action="store_true", help="with --h2-upgrade: skip HTTP/1.1")
+    p.add_argument("--base", type=Path, default=None, help="directory holding another plait/")
+    p.add_argument("--no-envoy", action="store_true")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    args = p.parse_args(argv)
+
+    factories: dict[str, Callable[[Path, int, Pki], Started]] = {}
+    modes = [True] if args.only_h2 else ([False, True] if args.h2_upgrade else [False])
+    for h2 in modes:
+        suffix = "-h2" if h2 else ""
+        factories["plait" + suffix] = _plait(None, h2)
+        if args.base is not None:
+            factories["base" + suffix] = _plait(args.base.resolve(), h2)
+    if not args.no_envoy:
+        factories["envoy"] = _envoy
+
+    work = Path(tempfile.mkdtemp(prefix="plait-cpu-"))
+    load = os.getloadavg()
+    print(
+        f"cpu_per_request: {os.cpu_count()} CPUs, load average {load[0]:.2f}; "
+        f"wrk -t1 -c{CONNECTIONS} {args.seconds:g} s x {args.rounds} rounds",
+        flush=True,
+    )
+    samples: dict[str, list[dict[str, float]]] = {name: [] for name in factories}
+    with ExitStack() as stack:
+        procs = Processes(work)
+        stack.callback(procs.close)
+        nginx = Nginx(work, procs)
+        pki = Pki(work / "pki")
+        systems: dict[str, tuple[System, Target, dict[str, int]]] = {}
+        for name, factory in factories.items():
+            system, target = factory(work / name, nginx.port, pki)
+            stack.callback(system.close)
+            systems[name] = (system, target, system.proxies())
+        time.sleep(1.0)
+        idle = {name: idle_rates(pids, IDLE_SECONDS) for name, (_, _, pids) in systems.items()}
+        for round_ in range(args.rounds):
+            for name, (_, target, pids) in systems.items():
+                wrk(target, CONNECTIONS, args.warmup)
+                m = measure(target, pids, args.seconds, idle[name])
+                samples[name].append(m)
+                print(
+                    f"  [{round_ + 1}/{args.rounds}] {name:8s} client {m['client']:6.1f} us  "
+                    f"server {m['server']:6.1f} us  {m['rps']:8.0f} req/s",
+                    flush=True,
+                )
+    if args.keep:
+        print(f"work directory kept: {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+    load = os.getloadavg()
+    print(
+        f"\nCPU us per request, median (min-max) of {args.rounds}; load average after {load[0]:.2f}"
+    )
+    print(
+        f"{'system':10s} {'client proxy':>20s} {'server proxy':>20s} {'pair':>20s} {'req/s':>20s}"
+    )
+    for name, runs in samples.items():
+        client = [r["client"] for r in runs]
+        server = [r["server"] for r in runs]
+        pair = [r["client"] + r["server"] for r in runs]
+        rps = [r["rps"] for r in runs]
+        print(
+            f"{name:10s} {_fmt(client, 1):>20s} {_fmt(server, 1):>20s} {_fmt(pair, 1):>20s} "
+            f"{_fmt(rps):>20s}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
