@@ -174,7 +174,6 @@ def test_load_balancer(lb: str, expected: LbPolicy) -> None:
         ),
         ("{loadBalancer: {simple: RANDOM, consistentHash: {useSourceIp: true}}}", "not both"),
         ("{connectionPool: {tcp: {maxConnectionDuration: 1s}}}", r"tcp\.maxConnectionDuration"),
-        ("{connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}", r"http\.h2UpgradePolicy"),
         ("{connectionPool: {http: {useClientProtocol: true}}}", "useClientProtocol"),
         ("{connectionPool: {http: {maxConcurrentStreams: 10}}}", "maxConcurrentStreams"),
         ("{tls: {mode: MUTUAL}}", r"tls\.mode: MUTUAL"),
@@ -204,6 +203,9 @@ def test_connection_pool() -> None:
     assert (pool.max_connections, pool.max_pending_requests, pool.max_requests) == (1, 2, 3)
     assert (pool.max_requests_per_connection, pool.max_retries) == (4, 5)
     assert (pool.connect_timeout_ms, pool.idle_timeout_ms) == (250, 3_600_000)
+    assert pool.h2_upgrade_policy == "DO_NOT_UPGRADE"
+    upgrade = compile_(dr("reviews", "{connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}"))
+    assert upgrade["default", "reviews"].connection_pool.h2_upgrade_policy == "UPGRADE"
     http_only = compile_(dr("reviews", "{connectionPool: {http: {idleTimeout: 5s}}}"))
     pool = http_only["default", "reviews"].connection_pool
     assert pool.idle_timeout_ms == 5000 and pool.max_connections == UNLIMITED

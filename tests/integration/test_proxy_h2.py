@@ -239,6 +239,51 @@ def test_http1_client_over_the_h2_connection_between_proxies(m: H2Mesh) -> None:
     assert m.stats(m.web, "inbound").get("h2_cx_total", 0) > before
 
 
+def test_a_caller_cannot_send_the_upgrade_marker(m: H2Mesh) -> None:
+    """`x-plait-h2-upgraded` is one proxy's note to the next; a caller's copy is dropped."""
+    for ports in (m.client, m.upg):
+        r = send_request(
+            ports["outbound"], "/forged", headers={"host": "web", "x-plait-h2-upgraded": "1"}
+        )
+        assert r.status == 200, r
+        assert "x-plait-h2-upgraded" not in dict(r.json()["headers"])
+
+
+def test_destination_rule_h2_upgrade_policy_moves_http1_onto_h2(m: H2Mesh) -> None:
+    """client-0 has no proxy-wide default; a DestinationRule with h2UpgradePolicy UPGRADE for
+    `web2` makes it carry HTTP/1.1 requests over one HTTP/2 connection to web2-0."""
+    m.mesh.apply(
+        """
+apiVersion: plait.dev/v1
+kind: Service
+metadata: {name: web2}
+spec: {selector: {app: web2}, ports: [{name: http, port: 80}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web2-upgrade}
+spec:
+  host: web2
+  trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}
+"""
+    )
+    _, port = m.mesh.app("web2")
+    _, web2 = m.mesh.proxy("web2-0", "web2", "app=web2", app_port=port)
+    wait_until(lambda: m.mesh.converged({"web2-0", "client-0"}), 20, "convergence")
+
+    def served() -> bool:
+        r = send_request(m.client["outbound"], "/dr", headers={"host": "web2"})
+        return r.status == 200
+
+    wait_until(served, 15, "client-0 to reach web2")
+    for i in range(5):
+        r = send_request(m.client["outbound"], f"/dr{i}", headers={"host": "web2"})
+        assert r.status == 200 and r.json()["path"] == f"/dr{i}", r
+    inbound = m.stats(web2, "inbound")
+    assert inbound.get("h2_cx_total", 0) >= 1, inbound  # the requests arrived over HTTP/2
+    assert inbound["downstream_cx_total"] == inbound["h2_cx_total"], inbound  # and only so
+
+
 def test_grpc_caller_gets_grpc_shaped_local_replies(m: H2Mesh) -> None:
     client = H2Client(m.client["outbound"])
     grpc = [("content-type", "application/grpc"), ("te", "trailers")]

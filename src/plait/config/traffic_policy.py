@@ -70,6 +70,9 @@ GRPC_RETRY_ON = frozenset(GRPC_RETRY_STATUS)
 UNLIMITED = 2**32 - 1
 
 
+H2_UPGRADE_POLICIES = ("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE")
+
+
 class TrafficPolicyError(ValueError):
     """A traffic policy the proxy cannot apply; the message starts with the field path."""
 
@@ -160,10 +163,15 @@ class PoolLimits(_Policy):
     max_retries: int = UNLIMITED  # http.maxRetries: retries in flight at once
     connect_timeout_ms: int = 0  # tcp.connectTimeout; 0: the proxy's --connect-timeout
     idle_timeout_ms: int = 0  # http.idleTimeout; 0: the proxy's own idle timeout
+    # http.h2UpgradePolicy: HTTP/1.1 requests to peer proxies over one multiplexed HTTP/2
+    # connection (UPGRADE) or pooled HTTP/1.1 (DO_NOT_UPGRADE); DEFAULT: the proxy's default.
+    h2_upgrade_policy: str = "DEFAULT"
 
     def _check(self, path: str) -> None:
         for f in fields(self):
-            _at_least(self, path, f.name, 0)
+            if f.name != "h2_upgrade_policy":
+                _at_least(self, path, f.name, 0)
+        _one_of(self.h2_upgrade_policy, H2_UPGRADE_POLICIES, path, "h2_upgrade_policy")
 
 
 @dataclass(frozen=True, slots=True)

@@ -287,8 +287,6 @@ def _pool(pool: r.ConnectionPoolSettings, where: str) -> PoolLimits:
             idle_timeout_ms=_or(tcp.idle_timeout, 0),
         )
     if http is not None:
-        if http.h2_upgrade_policy == "UPGRADE":
-            raise _unsupported(f"{where}.http.h2UpgradePolicy", "UPGRADE (HTTP/2 upstreams)")
         if http.use_client_protocol:
             raise _unsupported(f"{where}.http.useClientProtocol", "useClientProtocol")
         if http.max_concurrent_streams is not None:
@@ -298,6 +296,7 @@ def _pool(pool: r.ConnectionPoolSettings, where: str) -> PoolLimits:
             max_pending_requests=_or(http.http1_max_pending_requests, limits.max_pending_requests),
             max_requests=_or(http.http2_max_requests, limits.max_requests),
             max_requests_per_connection=_or(http.max_requests_per_connection, 0),
+            h2_upgrade_policy=http.h2_upgrade_policy or "DEFAULT",
             max_retries=_or(http.max_retries, limits.max_retries),
             # http.idleTimeout is the one for HTTP pools; tcp.idleTimeout covers it otherwise.
             idle_timeout_ms=_or(http.idle_timeout, limits.idle_timeout_ms),
