@@ -595,8 +595,6 @@ class Stream:
         if cluster is not None and (self.h2 or cluster.h2_check or not cluster.protocol):
             self.up_h2 = self.wants_h2(cluster)
             self.up_chunked = self.up_chunked and not self.up_h2
-            if self.h2:  # our marker is for the next proxy only, never the app's to see
-                forward = [f for f in forward if f[0] != UPGRADED]
         if decision.request_headers:
             forward = edit_headers(forward, decision.request_headers)
         if decision.authority is not None:
