@@ -362,3 +362,70 @@ def test_ipv6_authority_port_is_stripped() -> None:
     assert RequestAttributes(authority="[::1]:8080").host == "[::1]"
     assert RequestAttributes(authority="Host:80").host == "host"
     assert RequestAttributes(authority="host").host == "host"
+
+
+# --- TCP connections (Istio: "HTTP-only fields" on TCP) --------------------------------------
+
+
+def tcp_authorizer(text: str) -> Authorizer:
+    resources = parse_resources(text, "policy.yaml")
+    policies = compile_policies(resources, {"app": "reviews"}, "default")
+    return Authorizer(policies).for_tcp(policies)
+
+
+def connection(**kw: Any) -> RequestAttributes:
+    kw.setdefault("source_principal", PRODUCTPAGE)
+    kw.setdefault("port", 9080)
+    return RequestAttributes(method="", authority="", path="", headers=[], **kw)
+
+
+def test_tcp_deny_with_http_fields_matches_more_never_less() -> None:
+    deny = policy(
+        "deny-admin-from-productpage",
+        f"""
+action: DENY
+rules:
+- from: [{{source: {{principals: ["{PRODUCTPAGE}"]}}}}]
+  to: [{{operation: {{paths: ["/admin"], notMethods: ["GET"]}}}}]
+  when: [{{key: "request.headers[x-debug]", values: ["1"]}}]
+""",
+    )
+    authz = tcp_authorizer(deny)
+    assert not authz.check(connection()).allowed  # HTTP fields dropped: productpage denied
+    assert authz.check(connection(source_principal=REVIEWS)).allowed  # other callers are not
+
+
+def test_tcp_allow_with_http_fields_never_matches() -> None:
+    allow = policy(
+        "allow-not-post",
+        f"""
+action: ALLOW
+rules:
+- from: [{{source: {{principals: ["{PRODUCTPAGE}"]}}}}]
+  to: [{{operation: {{notMethods: ["POST"]}}}}]
+""",
+    )
+    # Over HTTP a GET matches; a TCP connection has no method, and the rule is dropped for it.
+    assert (
+        Authorizer(
+            compile_policies(parse_resources(allow, "p.yaml"), {"app": "reviews"}, "default")
+        )
+        .check(request(method="GET"))
+        .allowed
+    )
+    assert not tcp_authorizer(allow).check(connection()).allowed
+
+
+def test_tcp_allow_on_principal_and_port_applies() -> None:
+    allow = policy(
+        "allow-productpage",
+        f"""
+action: ALLOW
+rules:
+- from: [{{source: {{principals: ["{PRODUCTPAGE}"]}}}}]
+  to: [{{operation: {{ports: ["9080"]}}}}]
+""",
+    )
+    authz = tcp_authorizer(allow)
+    assert authz.check(connection()).allowed
+    assert not authz.check(connection(source_principal=REVIEWS)).allowed

@@ -138,13 +138,11 @@ class TcpSession:
 
     def _authorized(self) -> bool:
         """Inbound authorization on what a TCP connection has: the caller's identity and
-        address (rules on HTTP fields cannot match, so an ALLOW list of those refuses)."""
+        address (rules on HTTP fields apply as Istio applies them to TCP)."""
         policy = self.ctx.inbound_policy()
         if policy is None or not policy.enabled:
             return True
-        verdict = policy.check(
-            b"", b"", b"", b"", [], self.peer_id, self.peer.rpartition(":")[0], b""
-        )
+        verdict = policy.check_connection(self.peer_id, self.peer.rpartition(":")[0])
         if verdict is not None and verdict[1] and self.ctx.metrics is not None:
             self.ctx.metrics.metrics.authz_denied.inc()
         return verdict is None

@@ -370,24 +370,62 @@ def _rule(rule: AuthzRule) -> Check:
     return _all(parts)
 
 
+# --- TCP connections: no HTTP fields to match ---------------------------------------------------
+
+# What only an HTTP request has (Istio's "HTTP-only fields"): a TCP connection has none of them.
+_HTTP_SOURCE_FIELDS = ("request_principals", "not_request_principals")
+_HTTP_OPERATION_FIELDS = ("hosts", "not_hosts", "methods", "not_methods", "paths", "not_paths")
+
+
+def _http_only_key(key: str) -> bool:
+    return key.startswith(("request.headers", "request.auth."))
+
+
+def _has_http_fields(rule: AuthzRule) -> bool:
+    return (
+        any(getattr(s, f) for s in rule.from_ for f in _HTTP_SOURCE_FIELDS)
+        or any(getattr(o, f) for o in rule.to for f in _HTTP_OPERATION_FIELDS)
+        or any(_http_only_key(c.key) for c in rule.when)
+    )
+
+
+def _without_http_fields(rule: AuthzRule) -> AuthzRule:
+    """The rule with its HTTP-only fields dropped: for a DENY rule applied to TCP this makes it
+    match more, never less (Istio's semantics: a deny is never weakened by what TCP lacks)."""
+    blank_source = dict.fromkeys(_HTTP_SOURCE_FIELDS, ())
+    blank_operation = dict.fromkeys(_HTTP_OPERATION_FIELDS, ())
+    return AuthzRule(
+        from_=tuple(replace(s, **blank_source) for s in rule.from_),
+        to=tuple(replace(o, **blank_operation) for o in rule.to),
+        when=tuple(c for c in rule.when if not _http_only_key(c.key)),
+    )
+
+
 # --- the filter --------------------------------------------------------------------------------
 
 
 class Authorizer:
     """Decides requests for one workload; built once per snapshot, immutable, shared by streams."""
 
-    __slots__ = ("_deny", "_allow", "_audit", "_has_allow")
+    __slots__ = ("_deny", "_allow", "_audit", "_has_allow", "_tcp")
 
-    def __init__(self, policies: PolicySet) -> None:
+    def __init__(self, policies: PolicySet, tcp: bool = False) -> None:
         rules: dict[str, list[tuple[Check, Decision]]] = {"ALLOW": [], "DENY": [], "AUDIT": []}
         for policy in policies.authorization:
             if policy.action not in rules:
                 raise ValueError(f"policy {policy.key}: unsupported action {policy.action}")
             for i, rule in enumerate(policy.rules):
+                if tcp and _has_http_fields(rule):
+                    # For TCP, Istio drops an ALLOW (or AUDIT) rule with HTTP-only fields (it
+                    # can never match) and keeps a DENY rule without them (it matches more).
+                    if policy.action != "DENY":
+                        continue
+                    rule = _without_http_fields(rule)
                 rules[policy.action].append((_rule(rule), _decision(policy, i)))
         self._deny = tuple(rules["DENY"])
         self._allow = tuple(rules["ALLOW"])
         self._audit = tuple((check, d.policy) for check, d in rules["AUDIT"])
+        self._tcp: Authorizer | None = None
         # An ALLOW policy without rules still turns on deny-by-default (allow-nothing).
         self._has_allow = any(p.action == "ALLOW" for p in policies.authorization)
 
@@ -395,6 +433,12 @@ class Authorizer:
     def enabled(self) -> bool:
         """False when no policy applies: every request is allowed and `check` can be skipped."""
         return bool(self._deny or self._audit or self._has_allow)
+
+    def for_tcp(self, policies: PolicySet) -> Authorizer:
+        """The same policies as they apply to TCP connections (built once, on first use)."""
+        if self._tcp is None:
+            self._tcp = Authorizer(policies, tcp=True)
+        return self._tcp
 
     def check(self, req: RequestAttributes) -> Decision:
         decision = self._decide(req)

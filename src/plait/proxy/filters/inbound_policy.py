@@ -28,7 +28,7 @@ Verdict = tuple[int, str, bytes]
 class InboundPolicy:
     """Authentication and authorization of one workload's inbound requests."""
 
-    __slots__ = ("authz", "authn", "audit", "enabled", "port", "counters")
+    __slots__ = ("authz", "authn", "audit", "enabled", "port", "counters", "policies")
 
     def __init__(
         self,
@@ -37,6 +37,7 @@ class InboundPolicy:
         port: int,
         jwks: Callable[[str], KeySet | None] | None = None,
     ) -> None:
+        self.policies = policies
         self.authz = Authorizer(policies)
         self.authn = JwtAuthenticator(policies.jwt_rules, jwks)
         self.audit = audit
@@ -90,4 +91,31 @@ class InboundPolicy:
             if not decision.allowed:
                 self.counters["denied"] += 1
                 return (403, RBAC_FLAG, RBAC_DENIED_BODY)
+        return None
+
+    def check_connection(self, peer_id: str, peer_ip: str) -> Verdict | None:
+        """Authorization of a TCP connection: only the caller's identity, address and the
+        port are known, so rules on HTTP fields apply as Istio applies them to TCP (see
+        `Authorizer(tcp=True)`); no JWT can be presented."""
+        authz = self.authz.for_tcp(self.policies)
+        if not authz.enabled:
+            return None
+        attrs = RequestAttributes(
+            source_principal=peer_id.removeprefix("spiffe://"),
+            source_ip=peer_ip,
+            method="",
+            authority="",
+            port=self.port,
+            path="",
+            headers=[],
+        )
+        decision = authz.check(attrs)
+        if decision.audit or not decision.allowed:
+            if decision.audit:
+                self.counters["audited"] += 1
+            if self.audit is not None:
+                self.audit.record(attrs, decision, "")
+        if not decision.allowed:
+            self.counters["denied"] += 1
+            return (403, RBAC_FLAG, RBAC_DENIED_BODY)
         return None
