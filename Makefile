@@ -27,7 +27,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# The mypyc-compiled HTTP/1 codec (optional: on any failure the pure-Python one is used).
 venv: $(STAMP)
+	$(BIN)/python -m plait.proto.build_native
 
 # Install the Debian packages whose commands are missing (needs root; CI runs as root).
 debs:
@@ -56,4 +58,5 @@ bench: venv debs
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick,)
 
 clean:
-	rm -rf $(VENV) .plait build *.egg-info
+	rm -rf $(VENV) .plait build *.egg-info src/plait/proto/_h1_compiled*.so \
+	  src/plait/proto/_native*.so src/plait/proto/_h2_compiled

@@ -1,15 +1,20 @@
 """CPU time per request per proxy: plait pair against the Envoy pair, in the same minute.
 
-    python -m bench.cpu_per_request [--seconds 5] [--rounds 3] [--h2-upgrade]
+    python -m bench.cpu_per_request [--seconds 3] [--rounds 6] [--h2-upgrade]
                                     [--base SRC] [--no-envoy] [--keep]
 
 Throughput on a shared machine says more about the neighbours than about the proxy; CPU time
 per request does not (much): each proxy's utime+stime from /proc/PID/stat, read before and
 after a `wrk -t1 -c32` run, divided by the requests wrk completed. Every system is started
-once and kept running; the rounds then visit them in turn (warm-up, measure), so a change in
-the machine's load lands on all of them alike. Each proxy's idle CPU rate (timers, control
-plane heartbeats), measured before the rounds, is subtracted. Medians over rounds are printed
-with the spread (min-max).
+once and kept running; the rounds then visit them in turn (warm-up, measure; every other
+round in reverse order), so a change in the machine's load lands on all of them alike. Each
+proxy's idle CPU rate (timers, control plane heartbeats), measured before the rounds, is
+subtracted. Medians over rounds are printed with the spread (min-max), and the median of the
+per-round ratio of each system's pair cost to the reference's (the `--base` tree, else Envoy)
+measured beside it: the steadiest figure on a busy machine (neighbours on the same cores
+inflate every absolute figure alike, by up to 1.5x here; this VM has no hardware counters to
+count instructions instead). It also prints which codecs (mypyc-compiled or pure Python)
+each plait tree runs.
 
 Systems: `plait` (this tree, HTTP/1.1 between the proxies), `plait-h2` (`--h2-upgrade`:
 PLAIT_H2_UPGRADE=1, one multiplexed HTTP/2 mTLS connection between the proxies), `base` and
@@ -24,6 +29,7 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -85,6 +91,26 @@ def _plait(source: Path | None, h2: bool) -> Callable[[Path, int, Pki], Started]
     return start
 
 
+_CODECS = """
+from plait.proto import h1
+from plait.proxy import h2_upstream
+codec = getattr(h2_upstream, "CODEC", None)
+print("h1", "compiled" if getattr(h1, "NATIVE", False) else "python",
+      "h2", "compiled" if codec and "_compiled" in codec.__module__ else "python")
+"""
+
+
+def codecs(source: Path | None) -> str:
+    """Which codecs a plait tree's proxies run: compiled (mypyc) or pure Python."""
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(source), *filter(None, [env.get("PYTHONPATH")])])
+    done = subprocess.run(
+        [sys.executable, "-c", _CODECS], env=env, capture_output=True, text=True, timeout=30
+    )
+    return done.stdout.strip() or f"unknown ({done.stderr.strip()[-200:]})"
+
+
 def _envoy(work: Path, upstream: int, pki: Pki) -> Started:
     system = EnvoyPair(work, upstream, pki)
     try:
@@ -133,8 +159,8 @@ def _fmt(values: list[float], digits: int = 0) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seconds", type=float, default=5.0, help="length of each wrk run")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=3.0, help="length of each wrk run")
+    p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--h2-upgrade", action="store_true", help="also plait with HTTP/2 between")
     p.add_argument("--only-h2", action="store_true", help="with --h2-upgrade: skip HTTP/1.1")
@@ -152,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             factories["base" + suffix] = _plait(args.base.resolve(), h2)
     if not args.no_envoy:
         factories["envoy"] = _envoy
+    print(f"codecs: plait {codecs(None)}", flush=True)
+    if args.base is not None:
+        print(f"codecs: base  {codecs(args.base.resolve())}", flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="plait-cpu-"))
     load = os.getloadavg()
@@ -174,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(1.0)
         idle = {name: idle_rates(pids, IDLE_SECONDS) for name, (_, _, pids) in systems.items()}
         for round_ in range(args.rounds):
-            for name, (_, target, pids) in systems.items():
+            order = list(systems.items())
+            if round_ % 2:
+                order.reverse()  # ABBA: a drift during a round favours no system
+            for name, (_, target, pids) in order:
                 wrk(target, CONNECTIONS, args.warmup)
                 m = measure(target, pids, args.seconds, idle[name])
                 samples[name].append(m)
@@ -188,21 +220,30 @@ def main(argv: list[str] | None = None) -> int:
     else:
         shutil.rmtree(work, ignore_errors=True)
 
+    # The yardstick for the last column: the base tree if given, else Envoy, else plait.
+    reference = next(n for n in ("base", "base-h2", "envoy", *samples) if n in samples)
     load = os.getloadavg()
     print(
         f"\nCPU us per request, median (min-max) of {args.rounds}; load average after {load[0]:.2f}"
     )
     print(
         f"{'system':10s} {'client proxy':>20s} {'server proxy':>20s} {'pair':>20s} {'req/s':>20s}"
+        f" {'pair / ' + reference:>22s}"
     )
     for name, runs in samples.items():
         client = [r["client"] for r in runs]
         server = [r["server"] for r in runs]
         pair = [r["client"] + r["server"] for r in runs]
         rps = [r["rps"] for r in runs]
+        # Per round, against the reference measured beside it: steadier than the medians
+        # when the machine's speed drifts between rounds.
+        ratios = [
+            (r["client"] + r["server"]) / (b["client"] + b["server"])
+            for r, b in zip(runs, samples[reference], strict=True)
+        ]
         print(
             f"{name:10s} {_fmt(client, 1):>20s} {_fmt(server, 1):>20s} {_fmt(pair, 1):>20s} "
-            f"{_fmt(rps):>20s}"
+            f"{_fmt(rps):>20s} {_fmt(ratios, 3):>22s}"
         )
     return 0
 

@@ -1,82 +1,121 @@
-"""Build the optional mypyc-compiled copy of the HTTP/1 codec: `python -m plait.proto.build_native`.
+"""Build the optional mypyc-compiled codecs: `python -m plait.proto.build_native [--force|--clean]`.
 
-Why: the codec's httptools callbacks and head writers run several times per proxied request;
-compiled with mypyc they cost about half (bench/cpu_per_request.py measures the effect).
+Why: the HTTP/1 codec's httptools callbacks and head writers, and the HTTP/2 codec (HPACK,
+framing, stream state), run several times per proxied request; compiled with mypyc they
+cost a half to a third (bench/cpu_per_request.py measures the effect on the proxy).
 
-How: `h1.py` up to its native-build marker is copied to `_h1_compiled.py` with the sha256 of
-`h1.py` appended, compiled in place to `_h1_compiled.*.so`, and the copy removed. `h1.py`
-uses the compiled classes only if that digest matches its own source, so an edit of `h1.py`
-without a rebuild falls back to the pure-Python code instead of running stale code. Any
-failure (no compiler, no mypy) leaves the pure-Python codec in use and exits 0 with a note;
-`make venv` (and so `make test`, `make bench`) runs this. PLAIT_PURE_PYTHON=1 at run time
-ignores a compiled copy.
+How: copies of the sources are compiled in place, then the copies are removed, leaving
+extension modules only:
+
+    h1.py (up to its native-build marker) -> plait/proto/_h1_compiled.*.so
+    h2/{huffman,frames,...}.py            -> plait/proto/_h2_compiled/*.so (imports
+                                             rewritten; errors, events, config stay shared)
+
+Each copy records the sha256 of the sources it came from, and `plait.proto.native` uses it
+only if that matches the current sources: an edit without a rebuild runs pure Python, never
+stale code. Any failure (no compiler, no mypy) leaves the pure-Python codecs in use and exits
+0 with a note. `make venv` (and so `make test`, `make bench`) runs this; it does nothing when
+the compiled copies are current.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+import re
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["MARKER", "build", "compiled_is_current", "main"]
+from plait.proto import native
+
+__all__ = ["MARKER", "build", "clean", "main"]
 
 MARKER = "# --- native build: nothing below this line is compiled ---"
-HERE = Path(__file__).resolve().parent
-SOURCE = HERE / "h1.py"
-MODULE = "_h1_compiled"
+HERE = native.HERE
+SRC_ROOT = HERE.parent.parent  # the directory holding the plait package
+H1 = HERE / "h1.py"
+H1_COPY = HERE / "_h1_compiled.py"
+H2_DIR = HERE / "_h2_compiled"
+_NAMES = "|".join(native.H2_COMPILED)
+_H2_IMPORT = re.compile(rf"\bplait\.proto\.h2(?:\.({_NAMES})\b| import ({_NAMES})\b)")
 
 
-def source_digest(path: Path = SOURCE) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def current() -> bool:
+    """Whether both compiled copies exist and match the current sources."""
+    h1 = native.load("plait.proto._h1_compiled", [H1])
+    h2 = native.load("plait.proto._h2_compiled", native.h2_sources())
+    return h1 is not None and h2 is not None and native.h2_module("connection") is not None
 
 
-def compiled_is_current() -> bool:
-    """Whether a compiled copy exists and was built from the current h1.py."""
-    if not list(HERE.glob(f"{MODULE}.*.so")):
-        return False
-    from plait.proto import h1
+def _rewrite_h2_imports(text: str) -> str:
+    """Imports of compiled siblings point into _h2_compiled; the shared modules stay."""
 
-    return h1.NATIVE
+    def repl(m: re.Match[str]) -> str:
+        if m.group(1):
+            return f"plait.proto._h2_compiled.{m.group(1)}"
+        return f"plait.proto._h2_compiled import {m.group(2)}"
+
+    return _H2_IMPORT.sub(repl, text)
+
+
+def _copies() -> list[Path]:
+    """Write the sources to compile; returns their paths."""
+    head, found, _ = H1.read_text().partition(MARKER)
+    if not found:
+        raise RuntimeError(f"{H1} has no native-build marker")
+    H1_COPY.write_text(head + f'\nSOURCE_SHA256 = "{native.digest([H1])}"\n')
+    H2_DIR.mkdir(exist_ok=True)
+    (H2_DIR / "__init__.py").write_text('"""Being built by plait.proto.build_native."""\n')
+    paths = [H1_COPY]
+    for name in native.H2_COMPILED:
+        path = H2_DIR / f"{name}.py"
+        path.write_text(_rewrite_h2_imports((HERE / "h2" / f"{name}.py").read_text()))
+        paths.append(path)
+    return paths
 
 
 def build() -> None:
-    """Compile h1.py's copy in place; raises on any failure (the caller reports it)."""
+    """Compile the copies in place; raises on any failure (the caller reports it)."""
     from mypyc.build import mypycify
     from setuptools import Distribution
 
-    text = SOURCE.read_text()
-    head, found, _ = text.partition(MARKER)
-    if not found:
-        raise RuntimeError(f"{SOURCE} has no native-build marker")
-    copy = HERE / f"{MODULE}.py"
     work = Path(tempfile.mkdtemp(prefix="plait-mypyc-"))
     cwd = Path.cwd()
+    paths: list[Path] = []
     try:
-        copy.write_text(head + f'\nSOURCE_SHA256 = "{source_digest()}"\n')
-        src_root = HERE.parent.parent  # the directory holding the plait package
-        os.chdir(src_root)
+        paths = _copies()
+        os.chdir(SRC_ROOT)
         modules = mypycify(
-            [str(copy.relative_to(src_root))], opt_level="3", target_dir=str(work / "c")
+            [str(p.relative_to(SRC_ROOT)) for p in paths],
+            opt_level="3",
+            target_dir=str(work / "c"),
+            group_name="plait.proto._native",
         )
         dist = Distribution({"name": "plait-native", "ext_modules": modules})
         cmd = dist.get_command_obj("build_ext")
-        cmd.inplace = True  # type: ignore[attr-defined]
-        cmd.build_temp = str(work / "tmp")  # type: ignore[attr-defined]
-        cmd.build_lib = str(work / "lib")  # type: ignore[attr-defined]
-        dist.script_args = []
+        cmd.inplace = True
+        cmd.build_temp = str(work / "tmp")
+        cmd.build_lib = str(work / "lib")
         dist.run_command("build_ext")
+        # Last: the package marks itself as built from these sources.
+        (H2_DIR / "__init__.py").write_text(
+            '"""mypyc-compiled copy of plait.proto.h2 (see plait.proto.build_native)."""\n\n'
+            f'SOURCE_SHA256 = "{native.digest(native.h2_sources())}"\n'
+        )
     finally:
         os.chdir(cwd)
-        copy.unlink(missing_ok=True)
+        for path in paths:
+            path.unlink(missing_ok=True)
         shutil.rmtree(work, ignore_errors=True)
 
 
 def clean() -> None:
-    for path in HERE.glob(f"{MODULE}*.so"):
+    for path in HERE.glob("_h1_compiled*.so"):
         path.unlink()
+    for path in HERE.glob("_native*.so"):
+        path.unlink()
+    shutil.rmtree(H2_DIR, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,17 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     if "--clean" in args:
         clean()
         return 0
-    if compiled_is_current() and "--force" not in args:
-        print("plait: compiled HTTP/1 codec is up to date")
+    if "--force" not in args and current():
+        print("plait: compiled codecs are up to date")
         return 0
     clean()
     try:
         build()
-    except Exception as exc:  # noqa: BLE001 - any failure means: use the pure-Python codec
+    except (Exception, SystemExit) as exc:  # mypyc exits on a type error: same fallback
         clean()
-        print(f"plait: compiled HTTP/1 codec not built ({exc!r}); the pure-Python one is used")
+        print(f"plait: compiled codecs not built ({exc!r}); the pure-Python ones are used")
         return 0
-    print("plait: compiled HTTP/1 codec built")
+    print("plait: compiled codecs built (HTTP/1 and HTTP/2)")
     return 0
 
 

@@ -353,20 +353,13 @@ def response_head_bytes(status: int, headers: Headers, version: bytes = b"1.1") 
 # A mypyc-compiled copy of everything above (plait.proto.build_native, run by `make venv`)
 # replaces the pure-Python classes and writers when it was built from this very source.
 def _use_native() -> bool:
-    import hashlib
-    import importlib
-    import os
+    from pathlib import Path
 
-    if os.environ.get("PLAIT_PURE_PYTHON"):
+    from plait.proto.native import load
+
+    native = load("plait.proto._h1_compiled", [Path(__file__)])
+    if native is None:
         return False
-    try:
-        native = importlib.import_module("plait.proto._h1_compiled")
-        with open(__file__, "rb") as source:
-            digest = hashlib.sha256(source.read()).hexdigest()
-    except (ImportError, OSError):
-        return False
-    if getattr(native, "SOURCE_SHA256", None) != digest:
-        return False  # built from another version of this file: stale, not used
     for name in (*__all__, "reason_phrase"):
         globals()[name] = getattr(native, name)
     return True

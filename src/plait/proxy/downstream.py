@@ -143,12 +143,17 @@ def _pending(breaker: CircuitBreaker) -> bool:
     return False
 
 
+# RFC 9562 section 5.4: version 4 in bits 48-51, variant 0b10 in bits 64-65 (from the left).
+_UUID_CLEAR = ~((0xF << 76) | (0x3 << 62))
+_UUID_SET = (0x4 << 76) | (0x2 << 62)
+_getrandbits = _RNG.getrandbits
+
+
 def _request_id() -> bytes:
     """A random (version 4) UUID, built without the uuid module's overhead (and without a
-    system call: request ids need uniqueness, not secrecy)."""
-    h = f"{_RNG.getrandbits(128):032x}"
-    variant = "89ab"[int(h[16], 16) & 3]
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}".encode()
+    system call: request ids need uniqueness, not secrecy); ~0.9 us."""
+    h = (_getrandbits(128) & _UUID_CLEAR | _UUID_SET).to_bytes(16, "big").hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
 
 
 class DownstreamConnection(batching.BatchedWriter, asyncio.Protocol):
@@ -492,7 +497,8 @@ class Stream:
             if name == b"host":
                 host_header = value
             elif name == b"connection":
-                connection_tokens += tuple(t.strip().lower() for t in value.split(b","))
+                if value != b"keep-alive":  # the common value: hop-by-hop already
+                    connection_tokens += tuple(t.strip().lower() for t in value.split(b","))
             elif name == b"x-request-id":
                 request_id = value
         if target[:1] == b"/":
@@ -928,7 +934,7 @@ class Stream:
         headers: Headers = []
         connection_tokens: tuple[bytes, ...] = ()
         for name, value in head.headers:
-            if name == b"connection":
+            if name == b"connection" and value != b"keep-alive":  # that one is hop-by-hop
                 connection_tokens += tuple(t.strip().lower() for t in value.split(b","))
         drop = HOP_BY_HOP.union(connection_tokens) if connection_tokens else HOP_BY_HOP
         for item in head.headers:

@@ -225,7 +225,10 @@ class ListenerContext:
                 headers.append((XFCC, f"By={certs.identity.spiffe_id};URI={peer_id}".encode()))
         if self.kind != INBOUND:
             # Which try the upstream sees (retries count up); a caller's value is not ours.
-            headers[:] = [f for f in headers if f[0] != ATTEMPT]
+            for name, _ in headers:
+                if name == ATTEMPT:
+                    headers[:] = [f for f in headers if f[0] != ATTEMPT]
+                    break
             headers.append((ATTEMPT, b"1"))
         if self.kind == GATEWAY:
             # Edge of the mesh: record the client (RFC 7239's de-facto predecessor XFF).

@@ -1,0 +1,153 @@
+"""The optional mypyc-compiled codecs: used only when built from the current source, and
+interchangeable with the pure-Python ones; HTTP/2 header strings without Huffman coding."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from plait.proto import build_native, h1, native
+from plait.proto.errors import HeadTooLarge
+from plait.proto.events import RequestHead, ResponseHead
+from plait.proto.h2 import H2Config, H2Connection
+
+REQUEST = (
+    b"POST /a?b=1 HTTP/1.1\r\nHost: web\r\nUser-Agent: wrk\r\nTransfer-Encoding: chunked\r\n"
+    b"x-request-id: 0b7c1f0e-5c7a-4b1e-9d3a-1f2e3d4c5b6a\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    b"GET / HTTP/1.1\r\nHost: web\r\n\r\n"
+)
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 12\r\nConnection: keep-alive\r\n"
+    b"\r\nhello world\n"
+)
+
+
+def _fake_compiled(tmp_path: Path, name: str, source: Path) -> None:
+    (tmp_path / f"{name}.py").write_text(f'SOURCE_SHA256 = "{native.digest([source])}"\n')
+
+
+def test_a_compiled_copy_is_used_only_while_its_source_is_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PLAIT_PURE_PYTHON", raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = tmp_path / "codec.py"
+    source.write_text("X = 1\n")
+    _fake_compiled(tmp_path, "codec_compiled_a", source)
+    assert native.load("codec_compiled_a", [source]) is not None
+    source.write_text("X = 2\n")  # edited after the build: the copy is stale
+    assert native.load("codec_compiled_a", [source]) is None
+
+
+def test_plait_pure_python_ignores_a_current_compiled_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = tmp_path / "codec.py"
+    source.write_text("X = 1\n")
+    _fake_compiled(tmp_path, "codec_compiled_b", source)
+    monkeypatch.setenv("PLAIT_PURE_PYTHON", "1")
+    assert native.load("codec_compiled_b", [source]) is None
+
+
+def test_a_missing_compiled_copy_means_pure_python(tmp_path: Path) -> None:
+    source = tmp_path / "codec.py"
+    source.write_text("X = 1\n")
+    assert native.load("plait_no_such_compiled_module", [source]) is None
+
+
+def test_h2_copies_import_compiled_siblings_and_share_errors_events_config() -> None:
+    text = (
+        "from plait.proto.h2 import headers as hdrs\n"
+        "from plait.proto.h2 import huffman\n"
+        "from plait.proto.h2.frames import PREFACE\n"
+        "from plait.proto.h2.errors import ErrorCode\n"
+        "from plait.proto.h2.events import StreamReset\n"
+        "from plait.proto.h2.config import H2Config\n"
+    )
+    assert build_native._rewrite_h2_imports(text) == (
+        "from plait.proto._h2_compiled import headers as hdrs\n"
+        "from plait.proto._h2_compiled import huffman\n"
+        "from plait.proto._h2_compiled.frames import PREFACE\n"
+        "from plait.proto.h2.errors import ErrorCode\n"
+        "from plait.proto.h2.events import StreamReset\n"
+        "from plait.proto.h2.config import H2Config\n"
+    )
+
+
+def _plain(events: list[object]) -> list[object]:
+    """Events as comparable values (the head classes compare by identity)."""
+    return [
+        tuple(getattr(e, k) for k in e.__slots__) if hasattr(e, "__slots__") else e for e in events
+    ]
+
+
+def _pure_h1(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """A second, pure-Python instance of h1.py."""
+    monkeypatch.setenv("PLAIT_PURE_PYTHON", "1")
+    spec = importlib.util.spec_from_file_location("plait_h1_pure", h1.__file__)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["plait_h1_pure"] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules["plait_h1_pure"]
+    assert not module.NATIVE
+    return module
+
+
+def test_compiled_and_pure_h1_codecs_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not h1.NATIVE:
+        pytest.skip("no current compiled h1 (python -m plait.proto.build_native)")
+    pure = _pure_h1(monkeypatch)
+    assert h1.RequestReader is not pure.RequestReader
+    for split in (len(REQUEST), 7, 40):
+        a, b = h1.RequestReader(), pure.RequestReader()
+        got_a = a.feed(REQUEST[:split]) + a.feed(REQUEST[split:])
+        got_b = b.feed(REQUEST[:split]) + b.feed(REQUEST[split:])
+        assert _plain(got_a) == _plain(got_b) and isinstance(got_a[0], RequestHead)
+    a, b = h1.ResponseReader(), pure.ResponseReader()
+    a.expect(b"GET")
+    b.expect(b"GET")
+    assert _plain(a.feed(RESPONSE)) == _plain(b.feed(RESPONSE))
+    headers = [(b"host", b"web"), (b"x-a", b"1")]
+    assert h1.request_head_bytes(b"GET", b"/", headers) == pure.request_head_bytes(
+        b"GET", b"/", headers
+    )
+    assert h1.response_head_bytes(503, headers) == pure.response_head_bytes(503, headers)
+
+
+def test_h1_limits_hold_in_whichever_codec_is_loaded() -> None:
+    reader = h1.RequestReader(max_head_bytes=64)
+    with pytest.raises(HeadTooLarge):
+        reader.feed(b"GET / HTTP/1.1\r\nHost: web\r\nx-big: " + b"a" * 100 + b"\r\n\r\n")
+
+
+def test_header_strings_go_out_literal_when_huffman_is_off() -> None:
+    request_id = b"0b7c1f0e-5c7a-4b1e-9d3a-1f2e3d4c5b6a"
+    head = RequestHead(b"GET", b"/", [(b"host", b"web"), (b"x-request-id", request_id)])
+    plain = H2Connection(H2Config(client=True, huffman=False))
+    plain.send_request(head, True)
+    coded = H2Connection(H2Config(client=True))
+    coded.send_request(head, True)
+    assert request_id in plain.data_to_send()
+    assert request_id not in coded.data_to_send()
+
+
+def test_a_peer_reads_literal_header_strings() -> None:
+    client = H2Connection(H2Config(client=True, huffman=False))
+    server = H2Connection(H2Config(client=False, huffman=False))
+    head = RequestHead(b"GET", b"/x", [(b"host", b"web"), (b"x-request-id", b"abc-123")])
+    sid = client.send_request(head, True)
+    events = server.receive_data(client.data_to_send())
+    heads = [e for s, e in events if s == sid and isinstance(e, RequestHead)]
+    assert heads and (b"x-request-id", b"abc-123") in heads[0].headers
+    server.send_response(sid, ResponseHead(200, [(b"server", b"plait")]), True)
+    answers = [e for _, e in client.receive_data(server.data_to_send()) if type(e) is ResponseHead]
+    assert [a.status for a in answers] == [200]
+    assert (b"server", b"plait") in answers[0].headers
