@@ -344,6 +344,29 @@ def test_slow_reader_of_a_large_response_keeps_proxy_memory_bounded(m: H2Mesh) -
         assert d - b < 24 * 1024, (before, during)  # KiB: far below the 64 MiB response
 
 
+def test_slow_readers_do_not_stall_other_streams_on_the_shared_connection(m: H2Mesh) -> None:
+    """Six HTTP/1.1 clients fetch 64 MiB each and read nothing: their streams on the proxies'
+    shared HTTP/2 connections stop at their stream windows, and a seventh request on the same
+    connections is still answered (the connection window is not theirs to hold)."""
+    stalled = []
+    try:
+        for _ in range(6):
+            sock = socket.create_connection(("127.0.0.1", m.client["outbound"]), timeout=10)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b"GET /big?size=%d HTTP/1.1\r\nhost: h2web\r\n\r\n" % (64 * MIB))
+            stalled.append(sock)
+        time.sleep(2)  # long enough for every window on the way to fill
+        client = H2Client(m.client["outbound"])
+        try:
+            r = client.get("/after-the-stalled-ones", "h2web")
+        finally:
+            client.close()
+        assert r.status == 200 and json.loads(r.body)["path"] == "/after-the-stalled-ones", r
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
 def test_drain_sends_goaway_and_finishes_in_flight_streams(m: H2Mesh) -> None:
     """SIGTERM: GOAWAY first, then the stream in flight still gets its whole response.
     (The `h2` library treats GOAWAY as the end of everything, so plait's codec is the

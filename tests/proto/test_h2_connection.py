@@ -443,6 +443,24 @@ def test_data_beyond_the_stream_window_is_a_stream_error() -> None:
     assert only(events, StreamReset)[0].error_code == ErrorCode.FLOW_CONTROL_ERROR
 
 
+def test_eager_connection_credit_leaves_backpressure_to_the_streams() -> None:
+    """A proxy's connections return connection credit on receipt: bodies nobody has read yet
+    (slow readers behind five streams) hold their own stream windows, never the connection."""
+    conn, peer = server(
+        initial_window_size=20000, connection_window_size=65535, eager_connection_credit=True
+    )
+    conn.receive_data(fr.frame(fr.SETTINGS, fr.FLAG_ACK, 0, b""))
+    wire = b"".join(peer.headers(i, POST) + fr.data_frame(i, b"x" * 16000) for i in (1, 3, 5, 7, 9))
+    events = conn.receive_data(wire)  # 80,000 bytes, none consumed: no FLOW_CONTROL_ERROR
+    assert len(only(events, Data)) == 5
+    sent = Peer.frames(conn.data_to_send())
+    assert [f for f in sent if f[0] == fr.WINDOW_UPDATE and f[2] == 0]  # connection credit
+    assert not [f for f in sent if f[0] == fr.WINDOW_UPDATE and f[2] != 0]  # streams: none
+    conn.acknowledge_received_data(1, 16000)  # consuming credits the stream only
+    (update,) = [f for f in Peer.frames(conn.data_to_send()) if f[0] == fr.WINDOW_UPDATE]
+    assert update[2] == 1 and fr.parse_window_update(update[3]) == 16000
+
+
 def test_data_beyond_the_connection_window_is_a_connection_error() -> None:
     conn, peer = server(connection_window_size=65535)
     wire = b"".join(peer.headers(i, POST) + fr.data_frame(i, b"x" * 16000) for i in (1, 3, 5, 7, 9))

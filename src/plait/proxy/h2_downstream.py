@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["H2DownStream", "H2DownstreamConnection", "SERVER_CONFIG"]
 
 # No Huffman coding of the header strings we send (see h2_upstream.CLIENT_CONFIG).
-SERVER_CONFIG = H2Config(client=False, huffman=False)
+SERVER_CONFIG = H2Config(client=False, huffman=False, eager_connection_credit=True)
 # The codec: its mypyc-compiled copy when one was built from the current source.
 CODEC: type[H2Connection] = getattr(h2_module("connection"), "H2Connection", H2Connection)
 response_fields = getattr(h2_module("headers"), "response_fields", response_fields)

@@ -50,7 +50,7 @@ __all__ = [
 
 # Header strings go out without Huffman coding (optional, RFC 7541 section 5.2): in pure
 # Python it costs more CPU per request than the bytes it saves on a local link are worth.
-CLIENT_CONFIG = H2Config(client=True, huffman=False)
+CLIENT_CONFIG = H2Config(client=True, huffman=False, eager_connection_credit=True)
 # The codec: its mypyc-compiled copy when one was built from the current source.
 CODEC: type[H2Connection] = getattr(h2_module("connection"), "H2Connection", H2Connection)
 _LOW_WATER = WRITE_HIGH_WATER // 2

@@ -33,6 +33,12 @@ class H2Config:
     # A header block (HEADERS + CONTINUATION, compressed) over this closes the connection:
     # the CONTINUATION flood (CVE-2024-27316) would otherwise grow it without end.
     max_header_block_size: int = 128 * 1024
+    # Give the connection window back as DATA arrives, leaving backpressure to the stream
+    # windows (as Envoy does). A proxy needs it: with credit returned only when a body is
+    # consumed, a few streams with slow readers behind them would use up the connection
+    # window and stall every other stream on the connection. The bound on what one
+    # connection makes us hold becomes max_concurrent_streams x initial_window_size.
+    eager_connection_credit: bool = False
     # Per stream, body bytes queued behind flow control before send_data refuses more.
     max_send_buffer: int = 1024 * 1024
     # Rapid reset (CVE-2023-44487): over the last `rapid_reset_window` streams the peer

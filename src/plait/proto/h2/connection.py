@@ -175,6 +175,8 @@ class H2Connection(ControlFrames):
             if stream.expected_length < 0:
                 self._credit_connection(size)
                 raise H2StreamError("body longer than content-length", stream_id)
+        if self.config.eager_connection_credit:
+            self._credit_connection(size)
         if pad:
             self.acknowledge_received_data(stream_id, pad)  # padding is nobody's to consume
         if data:

@@ -51,7 +51,8 @@ class Sender(ConnectionState):
         """
         if size <= 0 or self._dead:
             return
-        self._credit_connection(size)
+        if not self.config.eager_connection_credit:
+            self._credit_connection(size)
         stream = self._streams.get(stream_id)
         if stream is None or stream.state not in (OPEN, HALF_CLOSED_LOCAL):
             return  # the peer sends no more on it: only the connection window matters
