@@ -22,6 +22,9 @@ from plait.control.store import Store
 __all__ = ["PREFIX", "Registry", "WorkloadEntry"]
 
 PREFIX = "/registry/"
+# A proxy's longest sleep between reconnect attempts (plait.proxy.agent.BACKOFF_MAX; not
+# imported: the control plane does not load the proxy package).
+RECONNECT_BACKOFF_MAX = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +82,13 @@ class Registry:
         self._pending: set[asyncio.Task[None]] = set()
 
     async def load(self) -> None:
-        """After a (re)start: every stored entry must reconnect within the grace."""
+        """After a (re)start: every stored entry must reconnect within the grace, plus the
+        longest reconnect back-off a proxy may be sleeping in when the control plane comes
+        back (so a healthy endpoint is never dropped, and its callers never see UH, only
+        because its proxy's next attempt was due a few seconds later)."""
         items, _ = await self.store.range(PREFIX)
         for kv in items:
-            self._schedule_expiry(kv.key)
+            self._schedule_expiry(kv.key, self.grace + RECONNECT_BACKOFF_MAX)
 
     async def register(self, entry: WorkloadEntry) -> None:
         self._cancel_expiry(entry.key)
@@ -117,10 +123,12 @@ class Registry:
             if e.health != "unhealthy"
         ]
 
-    def _schedule_expiry(self, key: str) -> None:
+    def _schedule_expiry(self, key: str, after: float | None = None) -> None:
         self._cancel_expiry(key)
         loop = asyncio.get_running_loop()
-        self._expiry[key] = loop.call_later(self.grace, self._expire, key)
+        self._expiry[key] = loop.call_later(
+            self.grace if after is None else after, self._expire, key
+        )
 
     def _cancel_expiry(self, key: str) -> None:
         handle = self._expiry.pop(key, None)
