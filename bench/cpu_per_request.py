@@ -125,11 +125,15 @@ def _cpu(pids: dict[str, int]) -> dict[str, float]:
 
 
 def measure(
-    target: Target, pids: dict[str, int], seconds: float, idle: dict[str, float]
+    target: Target,
+    pids: dict[str, int],
+    seconds: float,
+    idle: dict[str, float],
+    connections: int = CONNECTIONS,
 ) -> dict[str, float]:
     """One wrk run: us of CPU per request for each proxy (idle rate subtracted), and req/s."""
     before, t0 = _cpu(pids), time.monotonic()
-    result = wrk(target, CONNECTIONS, seconds)
+    result = wrk(target, connections, seconds)
     after, elapsed = _cpu(pids), time.monotonic() - t0
     requests = result["requests"]
     if not requests or result["errors"]:
@@ -160,6 +164,9 @@ def _fmt(values: list[float], digits: int = 0) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=3.0, help="length of each wrk run")
+    p.add_argument(
+        "--connections", type=int, default=CONNECTIONS, help="wrk connections (1: latency)"
+    )
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--h2-upgrade", action="store_true", help="also plait with HTTP/2 between")
@@ -186,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     load = os.getloadavg()
     print(
         f"cpu_per_request: {os.cpu_count()} CPUs, load average {load[0]:.2f}; "
-        f"wrk -t1 -c{CONNECTIONS} {args.seconds:g} s x {args.rounds} rounds",
+        f"wrk -t1 -c{args.connections} {args.seconds:g} s x {args.rounds} rounds",
         flush=True,
     )
     samples: dict[str, list[dict[str, float]]] = {name: [] for name in factories}
@@ -207,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             if round_ % 2:
                 order.reverse()  # ABBA: a drift during a round favours no system
             for name, (_, target, pids) in order:
-                wrk(target, CONNECTIONS, args.warmup)
-                m = measure(target, pids, args.seconds, idle[name])
+                wrk(target, args.connections, args.warmup)
+                m = measure(target, pids, args.seconds, idle[name], args.connections)
                 samples[name].append(m)
                 print(
                     f"  [{round_ + 1}/{args.rounds}] {name:8s} client {m['client']:6.1f} us  "

@@ -55,7 +55,10 @@ CLIENT_CONFIG = H2Config(client=True, huffman=False, eager_connection_credit=Tru
 CODEC: type[H2Connection] = getattr(h2_module("connection"), "H2Connection", H2Connection)
 _LOW_WATER = WRITE_HIGH_WATER // 2
 # HTTP/1.1 requests between proxies over the multiplexed HTTP/2 mTLS connection (Istio's
-# h2UpgradePolicy UPGRADE) by default? A DestinationRule can still say either way.
+# h2UpgradePolicy UPGRADE) by default? A DestinationRule can still say either way. Off by
+# default, as in Istio: it pays under concurrency (bench/RESULTS.md, "HTTP/1.1 or HTTP/2
+# between the proxies") but only a plait peer downgrades an upgraded request again; an
+# Envoy peer with a certificate from the mesh would pass HTTP/2 on to an HTTP/1.1 app.
 UPGRADE_BETWEEN_PROXIES = os.environ.get("PLAIT_H2_UPGRADE", "") in ("1", "true", "UPGRADE")
 
 
