@@ -11,8 +11,9 @@ Host (or SO_ORIGINAL_DST) and carries it across the bridge inside mTLS.
 
 Two layouts: every app under `plait run` with its sidecar (the caller of each host with
 `--capture` and mesh DNS), or host C served by one node proxy (`plait proxy --mode node`,
-capture installed with `plait capture`). Either way: productpage renders reviews and ratings
-from the other host; tshark on the three veth links sees TLS handshakes for every cross-host
+capture installed with `plait capture`; there an AuthorizationPolicy on ratings that allows
+reviews' principal only serves reviews and refuses details, both behind C's node proxy).
+Either way: productpage renders reviews and ratings from the other host; tshark on the three veth links sees TLS handshakes for every cross-host
 call and no cleartext HTTP; stopping a capturing `plait run` removes its rules; a `kill -9` of
 a proxy (and of `plait run` with it) leaves rules that capture only the VIP range, so the host
 still reaches another host's non-mesh port and only mesh calls fail. Root only: skipped with
@@ -357,11 +358,55 @@ def test_bookinfo_across_three_hosts(cluster: Cluster) -> None:
     # The end of a capturing `plait run` and a crash: one host each (whichever runs
     # `plait run` with capture gets the graceful stop, the other the kill -9).
     if "node2" in cluster.procs:  # node mode on C
+        node_workloads_are_told_apart_by_principal(cluster, cc)
         graceful_stop_removes_the_rules(cluster, b, "productpage")
         killed_proxy_leaves_the_host_reaching_other_hosts(cluster, cc, "node2", False)
     else:  # sidecars on C
         graceful_stop_removes_the_rules(cluster, cc, "reviews")
         killed_proxy_leaves_the_host_reaching_other_hosts(cluster, b, "productpage", True)
+
+
+RATINGS_FROM_REVIEWS = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ratings-from-reviews}
+spec:
+  selector: {matchLabels: {app: ratings}}
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/default/sa/reviews"]}}]
+"""
+
+
+def node_workloads_are_told_apart_by_principal(cluster: Cluster, node_host: Host) -> None:
+    """reviews and details share C's node proxy; ratings on B allows only reviews' principal,
+    so the same call to ratings is served for reviews and refused for details, across hosts."""
+    # start_node: the capturing caller (reviews) owns the host's address, details 127.0.0.21.
+    details_source = "127.0.0.21"
+
+    def status_as_details() -> str:
+        return cluster.curl(
+            node_host,
+            "http://127.0.0.1:15001/ratings/0",
+            "--interface",
+            details_source,
+            "-H",
+            "Host: ratings:9080",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ).stdout
+
+    def status_as_reviews() -> str:  # captured: leaves from C's address, reviews' source
+        return cluster.curl(
+            node_host, "http://ratings:9080/ratings/0", "-o", "/dev/null", "-w", "%{http_code}"
+        ).stdout
+
+    assert status_as_details() == "200" and status_as_reviews() == "200"
+    cluster.api("/api/v1/apply", RATINGS_FROM_REVIEWS, "application/yaml")
+    wait_for(lambda: status_as_details() == "403", "ratings to refuse details' principal")
+    assert status_as_reviews() == "200"
 
 
 def nat(host: Host) -> str:
