@@ -23,6 +23,7 @@ listeners and the workload proxies; `aclose()` closes all of them.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ipaddress
 import logging
@@ -35,6 +36,7 @@ from typing import Any
 from plait.config.snapshot import Node
 from plait.proxy.admin import AdminServer
 from plait.proxy.app import Proxy, ProxyOptions
+from plait.proxy.cli import parse_address
 from plait.proxy.listener import OUTBOUND
 from plait.telemetry.accesslog import AccessLog
 from plait.telemetry.exposition import render_families
@@ -96,10 +98,13 @@ _FIELDS = {
 
 
 def _address(text: str, where: str) -> Address:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise WorkloadError(f"{where}: {text!r} is not HOST:PORT")
-    return (host.strip("[]") or "127.0.0.1", int(port))
+    """The proxy's own HOST:PORT parsing (a port alone is not enough here)."""
+    try:
+        if ":" not in text:
+            raise argparse.ArgumentTypeError(text)
+        return parse_address(text)
+    except argparse.ArgumentTypeError:
+        raise WorkloadError(f"{where}: {text!r} is not HOST:PORT") from None
 
 
 def _source(text: str, where: str) -> str:
