@@ -28,6 +28,15 @@ apiVersion: plait.dev/v1
 kind: Service
 metadata: {name: web}
 spec: {selector: {app: web}, ports: [{name: http, port: 80}]}
+---
+# A fresh pooled connection every 50 requests: steady traffic then keeps making new mTLS
+# handshakes throughout the rotations (the 1 s idle timeout alone left it to chance).
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web-fresh-connections}
+spec:
+  host: web
+  trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 50}}}
 """
 
 
