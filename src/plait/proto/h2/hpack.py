@@ -5,8 +5,8 @@ One `Decoder` and one `Encoder` per connection direction. The decoder bounds wha
 whole block, so an over-long list costs the peer one stream, not the shared table state.
 With `check_fields` it also refuses the bytes HTTP/2 forbids in fields (RFC 9113 section
 8.2.1), once per literal: an indexed field was checked when it entered the table.
-The encoder indexes every field except credentials (section 7.1.3) and entries too big to be
-worth a table flush; it signals table size changes at the start of the next block (4.2).
+The encoder indexes every field except credentials (section 7.1.3), entries too big to be
+worth a table flush and fields that are new on every request (request ids, trace context); it signals table size changes at the start of the next block (4.2).
 """
 
 from __future__ import annotations
@@ -86,6 +86,21 @@ _STATIC_COUNT = len(STATIC_TABLE)  # 61; dynamic indexes start at 62 (section 2.
 
 # Section 7.1.3: fields an intermediary must not let into a table (guessable secrets).
 _NEVER_INDEXED = frozenset({b"authorization", b"proxy-authorization"})
+# Fields whose value is new on every request: indexing them would evict the entries that do
+# repeat and cost both tables an insertion each; they go as literals without indexing (6.2.2).
+_UNIQUE_PER_REQUEST = frozenset(
+    {
+        b"x-request-id",
+        b"traceparent",
+        b"tracestate",
+        b"x-b3-traceid",
+        b"x-b3-spanid",
+        b"x-b3-parentspanid",
+        b"b3",
+        b"grpc-timeout",
+        b"x-envoy-expected-rq-timeout-ms",
+    }
+)
 _SHORT_COOKIE = 20  # cookies shorter than this are guessable too (as nghttp2 and hpack do)
 
 # RFC 9113 section 6.5.2: the default SETTINGS_HEADER_TABLE_SIZE.
@@ -98,6 +113,14 @@ _BAD_NAME_BYTES = bytes([*range(0x21), *range(0x41, 0x5B), *range(0x7F, 0x100), 
 _BAD_VALUE_BYTES = b"\x00\r\n"
 _GOOD_NAMES: set[bytes] = set()
 _GOOD_NAMES_MAX = 4096
+
+# Huffman-coded strings repeat (a peer that does not index `server: nginx` or a `date` of the
+# same second sends the same bytes every time): short ones are decoded once per process. The
+# cache is bounded (emptied when full: at most 1,024 strings of 64 bytes) and holds only what
+# `huffman.decode` accepted.
+_HUFFMAN_DECODED: dict[bytes, bytes] = {}
+_HUFFMAN_CACHED_LENGTH = 64
+_HUFFMAN_CACHED_MAX = 1024
 
 
 def field_error(name: bytes, value: bytes) -> str:
@@ -172,7 +195,14 @@ def _get_str(data: bytes, pos: int) -> tuple[bytes, int]:
         raise CompressionError("string runs past the end of the header block")
     raw = data[pos:stop]
     if byte & 0x80:
-        return huffman.decode(raw), stop
+        decoded = _HUFFMAN_DECODED.get(raw)
+        if decoded is None:
+            decoded = huffman.decode(raw)
+            if length <= _HUFFMAN_CACHED_LENGTH:
+                if len(_HUFFMAN_DECODED) >= _HUFFMAN_CACHED_MAX:
+                    _HUFFMAN_DECODED.clear()
+                _HUFFMAN_DECODED[raw] = decoded
+        return decoded, stop
     return raw, stop
 
 
@@ -372,8 +402,8 @@ class Encoder:
             size = len(name) + len(value) + 32
             if name in _NEVER_INDEXED or (name == b"cookie" and len(value) < _SHORT_COOKIE):
                 _put_int(out, name_index, 4, 0x10)
-            elif size * 2 > self.max_table_size:
-                _put_int(out, name_index, 4, 0x00)  # would flush most of the table
+            elif size * 2 > self.max_table_size or name in _UNIQUE_PER_REQUEST:
+                _put_int(out, name_index, 4, 0x00)  # would flush most of the table, or churn it
             else:
                 _put_int(out, name_index, 6, 0x40)
                 self._add(field, size)

@@ -31,6 +31,11 @@ _FORBIDDEN = re.compile(rb"[^\x21-\x7e]|#")
 # Anything that may need work or refusal; most paths have none of it and are returned as is.
 _SUSPECT = re.compile(rb"[^\x21-\x7e]|[#%\\]|//|/\.")
 _SLASHES = re.compile(rb"/{2,}")
+# Paths repeat (every gRPC call names its method): short ones found already normal are
+# remembered, process-wide and bounded (emptied when full: at most 4,096 of 128 bytes).
+_ALREADY_NORMAL: set[bytes] = set()
+_REMEMBERED_LENGTH = 128
+_REMEMBERED_MAX = 4096
 
 
 class InvalidPath(ValueError):
@@ -39,8 +44,14 @@ class InvalidPath(ValueError):
 
 def normalize_path(raw: bytes) -> bytes:
     """The request target with its path part normalized; the query is kept as received."""
+    if raw in _ALREADY_NORMAL:
+        return raw
     path, sep, query = raw.partition(b"?")
     if path.startswith(b"/") and _SUSPECT.search(path) is None and b"#" not in query:
+        if len(raw) <= _REMEMBERED_LENGTH:
+            if len(_ALREADY_NORMAL) >= _REMEMBERED_MAX:
+                _ALREADY_NORMAL.clear()
+            _ALREADY_NORMAL.add(raw)
         return raw
     if not path.startswith((b"/", b"\\")):  # a backslash is a slash (step 3)
         raise InvalidPath("the path must start with '/'")
