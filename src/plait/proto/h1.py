@@ -7,6 +7,14 @@ oversized head is refused before it is buffered whole (RFC 9110 section 15.5.32,
 section 5). Writers are plain functions that build head bytes; bodies are framed with
 `chunk()` / `LAST_CHUNK` when the head says chunked.
 
+Upgrade (RFC 9110 section 7.8): httptools stops at the end of a message that switches
+protocols (an `Upgrade` request, a `101`) and says where the new protocol's bytes begin.
+The reader keeps those bytes (`upgraded`, `take_tail()`) for whoever takes the connection
+over; they may share a read with the head (a client that does not wait for the 101, a server
+that greets right after it). A request reader keeps later bytes too, until its caller stops
+reading; a response reader refuses them (a legitimate switch hands the connection over
+before another read).
+
 No I/O here: everything is testable by feeding bytes.
 """
 
@@ -27,6 +35,7 @@ from plait.proto.events import (
     Headers,
     RequestHead,
     ResponseHead,
+    Trailers,
 )
 
 __all__ = [
@@ -93,6 +102,9 @@ class _Reader:
         "_feed_fresh",
         "_chunked",
         "_trailer_phase",
+        "_trailers",
+        "_tail",
+        "upgraded",
         "max_head_bytes",
         "max_headers",
     )
@@ -110,6 +122,9 @@ class _Reader:
         self._feed_fresh = False  # nothing of the current feed belongs to an earlier message
         self._chunked = False
         self._trailer_phase = False
+        self._trailers: Headers | None = None  # a chunked body's trailer fields, if any
+        self.upgraded = False  # the last message switched protocols: no HTTP/1 after it
+        self._tail = b""  # bytes of the new protocol read so far (see take_tail)
         # The httptools parser; each subclass makes its own kind (request or response).
         self._parser: Any
 
@@ -129,7 +144,8 @@ class _Reader:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._trailer_phase:
-            return  # HTTP/1 trailers are dropped; HTTP/2 carries them (protocols issue)
+            self._trailer(name, value)  # llhttp reports trailer fields after the body
+            return
         headers = self._headers
         if len(headers) >= self.max_headers:
             raise HeadTooLarge(f"more than {self.max_headers} header fields")
@@ -145,8 +161,25 @@ class _Reader:
         if body:
             self._events.append(Data(body))
 
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        """A trailer field (RFC 9112 section 7.1.2), within the head's limits; a Trailers
+        event carries them before END_OF_STREAM."""
+        trailers = self._trailers
+        if trailers is None:
+            trailers = self._trailers = []
+            self._head_bytes = 0
+        if len(trailers) >= self.max_headers:
+            raise HeadTooLarge(f"more than {self.max_headers} trailer fields")
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self.max_head_bytes:
+            raise HeadTooLarge(f"trailer section over {self.max_head_bytes} bytes")
+        trailers.append((name.lower(), value))
+
     def on_message_complete(self) -> None:
         self._mid_message = False
+        if self._trailers is not None:
+            self._events.append(Trailers(self._trailers))
+            self._trailers = None
         self._events.append(END_OF_STREAM)
 
     # feeding -------------------------------------------------------------------------
@@ -159,8 +192,12 @@ class _Reader:
             if isinstance(cause, HeadTooLarge | MalformedMessage):
                 raise self._failed(cause) from None
             raise self._failed(MalformedMessage(str(exc))) from exc
-        except httptools.HttpParserUpgrade:
-            pass  # the head event carries upgrade=True; tunnelling is the protocols issue
+        except httptools.HttpParserUpgrade as exc:
+            # The message before the switch is complete (its events are below); what follows
+            # it in this feed is the new protocol's, from the offset httptools reports.
+            self.upgraded = True
+            offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+            self._tail = data[offset:]
         except httptools.HttpParserError as exc:
             raise self._failed(MalformedMessage(str(exc) or "malformed HTTP/1 message")) from exc
         if self._in_head:
@@ -173,7 +210,7 @@ class _Reader:
                 raise self._failed(HeadTooLarge(f"header section over {self.max_head_bytes} bytes"))
         elif self._mid_message and not self._events:
             # Bytes in a body that complete nothing are chunk framing or a trailer section,
-            # whose fields httptools buffers whole: bound them like a head (trailers are dropped).
+            # whose fields httptools buffers whole: bound them like a head (see _trailer).
             self._raw_in_trailer += len(data)
             if self._raw_in_trailer > self.max_head_bytes:
                 raise self._failed(
@@ -183,6 +220,12 @@ class _Reader:
             self._raw_in_trailer = 0
         events, self._events = self._events, []
         return events
+
+    def take_tail(self) -> bytes:
+        """The bytes read after an upgrading message's head (the new protocol's first bytes),
+        handed over once; b"" when there are none."""
+        tail, self._tail = self._tail, b""
+        return tail
 
     def _failed(self, error: ProtocolError) -> ProtocolError:
         """The error, carrying the events completed before the bad bytes (not to be lost)."""
@@ -203,7 +246,14 @@ class RequestReader(_Reader):
         self._parser = httptools.HttpRequestParser(self)
 
     def feed(self, data: bytes) -> list[object]:
-        """Events completed by `data`. Raises ProtocolError for bytes we refuse."""
+        """Events completed by `data`. Raises ProtocolError for bytes we refuse.
+
+        After an upgrade request, bytes are the new protocol's: kept for `take_tail`, and
+        the caller stops reading until the switch is answered (the connection then closes
+        or becomes a tunnel), which bounds them."""
+        if self.upgraded:
+            self._tail += data
+            return []
         return self._feed(data)
 
     def on_message_begin(self) -> None:
@@ -221,15 +271,18 @@ class RequestReader(_Reader):
         self._in_head = False
         self._trailer_phase = True
         framing = _framing(self._headers, self._chunked, False)
+        upgrade = p.should_upgrade()
         self._events.append(
             RequestHead(
                 p.get_method(),
                 self._url,
                 self._headers,
                 p.get_http_version().encode(),
-                p.should_keep_alive(),
+                # No HTTP/1 request can follow an upgrade request on this connection: whether
+                # or not the switch happens, the connection ends with this exchange.
+                p.should_keep_alive() and not upgrade,
                 NO_BODY if framing < 0 else framing,
-                p.should_upgrade(),
+                upgrade,
             )
         )
 
@@ -262,6 +315,10 @@ class ResponseReader(_Reader):
     def feed(self, data: bytes) -> list[object]:
         if self._skip_body:
             return []  # bytes after a HEAD response's head: nothing we asked for
+        if self.upgraded:
+            # A 101 that was acted on hands the connection over before its next read: this
+            # one switched nothing (RFC 9110 section 15.2.2: not a protocol we offered).
+            raise self._failed(MalformedMessage("bytes after a 101 that switched nothing"))
         return self._feed(data)
 
     def on_status(self, status: bytes) -> None:
@@ -293,6 +350,9 @@ class ResponseReader(_Reader):
     def on_message_complete(self) -> None:
         self._mid_message = False
         if not self._skip_body:
+            if self._trailers is not None:
+                self._events.append(Trailers(self._trailers))
+                self._trailers = None
             self._events.append(END_OF_STREAM)
 
 

@@ -51,11 +51,14 @@ from plait.proxy.local_reply import local_reply_bytes
 from plait.proxy.resilience import (
     CONNECT_FAILURE,
     DEFAULT_RETRY_POLICY,
+    REFUSED_STREAM,
     CircuitBreaker,
     Outcome,
     may_retry,
 )
 from plait.proxy.routing import Decision
+from plait.proxy.trailers import accepts_trailers, last_chunk
+from plait.proxy.trailers import clean as clean_trailers
 from plait.proxy.upgrade import keep_upgrade, upgraded
 from plait.proxy.upstream import WRITE_HIGH_WATER, Host, UpstreamConnection
 from plait.telemetry.tracing import Span, extract, inject
@@ -73,6 +76,7 @@ REPLAY_LIMIT = 64 * 1024
 PAUSE_PIPELINE = 1  # a later request waits for the current response
 PAUSE_UPSTREAM = 2  # the upstream socket's write buffer is full
 PAUSE_CONNECTING = 4  # body bytes wait for an upstream connection
+# 8: PAUSE_UPGRADE (plait.proxy.upgrade), bytes after an upgrade request wait for its answer
 # RFC 9110 section 9.2.2: methods a client may repeat without changing the outcome.
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 # Retry back-off jitter (full jitter); a module-level generator, seeded by the OS.
@@ -316,6 +320,8 @@ class DownstreamConnection(batching.BatchedWriter, asyncio.Protocol):
                     stream.request_data(event.data)
                 elif event is END_OF_STREAM:
                     stream.request_end()
+                elif type(event) is Trailers:  # a chunked body's; END_OF_STREAM follows
+                    stream.request_trailers(event.headers)
             if self.closed:
                 return
 
@@ -430,6 +436,7 @@ class Stream:
         "up_chunked",
         "up_fields",
         "trailers",
+        "req_trailers",
         "grpc",
     )
 
@@ -479,7 +486,8 @@ class Stream:
         self.up_h2 = False  # ... and goes upstream over HTTP/2 (decided once routed)
         self.up_chunked = head.framing == CHUNKED  # body pieces go upstream chunked
         self.up_fields: Headers = []  # the upstream request's fields (HTTP/2 upstreams)
-        self.trailers: Headers | None = None  # the response's trailers (HTTP/2 upstreams)
+        self.trailers: Headers | None = None  # the response's trailers
+        self.req_trailers: Headers | None = None  # the request's, to end its upstream body
         self.grpc = False  # a gRPC call (HTTP/2 only): gRPC-shaped local replies
 
     # request side --------------------------------------------------------------------
@@ -529,8 +537,10 @@ class Stream:
             self.local_reply(400, "DPE", b"missing Host header")  # RFC 9112 section 3.2
             return
         drop = ctx.drop_headers.union(connection_tokens) if connection_tokens else ctx.drop_headers
+        te = False
         for name, value in head.headers:
             if name in drop or name == b"host" or name == b"content-length":
+                te = te or name == b"te"  # hop-by-hop; said again to a peer proxy (below)
                 continue
             forward.append((name, value))
         if head.upgrade:
@@ -601,6 +611,12 @@ class Stream:
         if cluster is not None and (self.h2 or cluster.h2_check or not cluster.protocol):
             self.up_h2 = self.wants_h2(cluster)
             self.up_chunked = self.up_chunked and not self.up_h2
+        if te and not self.up_h2 and cluster is not None and accepts_trailers(head.headers):
+            hosts = cluster.hosts
+            if hosts and hosts[0].identity:
+                # The next proxy passes a response's trailers to us only if we ask for them
+                # as its client does (RFC 9110 10.1.4); an app never sees our TE.
+                forward.append((b"te", b"trailers"))
         if decision.request_headers:
             forward = edit_headers(forward, decision.request_headers)
         if decision.authority is not None:
@@ -809,7 +825,8 @@ class Stream:
             )
         pending = self.pending_body
         self.pending_body = []
-        end = self.request_complete and not pending
+        trailers = self.req_trailers
+        end = self.request_complete and not pending and trailers is None
         head = RequestHead(self.method, self.path, self.up_fields)
         cluster = self.cluster
         tls = cluster is not None and self.host is not None and self.host.identity
@@ -820,8 +837,8 @@ class Stream:
         self.upstream = handle  # type: ignore[assignment]
         for piece in pending:
             handle.write(piece)
-        if pending and self.request_complete:
-            handle.end()
+        if self.request_complete and not end:
+            handle.end(trailers)
         if self.down.write_paused:
             handle.pause_reading()
         self.down.resume_reading(PAUSE_CONNECTING)
@@ -843,18 +860,25 @@ class Stream:
         else:
             self.pending_body.append(piece)
 
+    def request_trailers(self, fields: Headers) -> None:
+        """The request's trailer section (END_OF_STREAM follows): kept, replays included, for
+        an upstream leg that can carry it (HTTP/2, or chunked HTTP/1.1); else dropped."""
+        if self.up_chunked or self.up_h2:
+            self.req_trailers = clean_trailers(fields, self.down.ctx.drop_headers)
+
     def request_end(self) -> None:
         self.request_complete = True
         if self.up_chunked and not self.finished:
+            end = LAST_CHUNK if self.req_trailers is None else last_chunk(self.req_trailers)
             if self.replay is not None:
-                self.replay.append(LAST_CHUNK)
+                self.replay.append(end)
             upstream = self.upstream
             if upstream is not None:
-                upstream.write(LAST_CHUNK)
+                upstream.write(end)
             else:
-                self.pending_body.append(LAST_CHUNK)
+                self.pending_body.append(end)
         elif self.up_h2 and not self.finished and self.upstream is not None:
-            self.upstream.end()  # type: ignore[attr-defined]
+            self.upstream.end(self.req_trailers)  # type: ignore[attr-defined]
         if self.response_complete or self.finished:
             self.done()
 
@@ -871,7 +895,7 @@ class Stream:
         elif event is END_OF_STREAM and self.response_started:
             self.response_end()
         elif kind is Trailers:
-            self.trailers = event.headers  # type: ignore[attr-defined]
+            self.trailers = clean_trailers(event.headers)  # type: ignore[attr-defined]
 
     def response_head(self, head: ResponseHead) -> None:
         status = head.status
@@ -984,7 +1008,11 @@ class Stream:
     def response_end(self) -> None:
         self.response_complete = True
         if self.response_chunked:
-            self.down.write(LAST_CHUNK)
+            trailers = self.trailers  # only to a client that said `TE: trailers` (RFC 9110 10.1.4)
+            if trailers is None or not accepts_trailers(self.head.headers):
+                self.down.write(LAST_CHUNK)
+            else:
+                self.down.write(last_chunk(trailers))
         elif self.h2:
             self.down.send_end(self.trailers)  # type: ignore[attr-defined]
         conn = self.upstream
@@ -1019,11 +1047,27 @@ class Stream:
             self.down.close()
             self.done()
             return
+        if self.up_h2 and conn.reused and not conn.got_bytes and self.replay is not None:
+            # RFC 9113 section 8.7: the peer refused the stream unprocessed (REFUSED_STREAM, or
+            # above a GOAWAY's last stream id), so any method may go again, as the route's
+            # retry policy allows (`refused-stream`: on by default, as Envoy's retry_on has it).
+            refused = Outcome(failure=REFUSED_STREAM, reached_upstream=False)
+            if self.schedule_retry(refused):
+                host = self.host
+                if host is not None:
+                    self.host = None
+                    host.active -= 1
+                    if self.try_started and self.cluster is not None:
+                        self.cluster.balancer.on_finish(host, None, monotonic())
+                self.try_started = 0.0
+                self.upstream_buffer_drained()  # the refused stream's send buffer is gone
+                return
         if (
             conn.reused
             and not conn.got_bytes
             and self.replay is not None
             and self.method in IDEMPOTENT
+            and not self.up_h2  # a refused HTTP/2 stream: the policy above, and its bound
         ):
             # A pooled connection the peer had already closed: retry on a new connection.
             if self.host is not None:
@@ -1080,6 +1124,10 @@ class Stream:
             return False
         self.retry_slot = True
         self.retries_done += 1
+        if self.replay is not None:
+            # The next try starts from the whole body kept so far; what arrives during the
+            # back-off joins this copy, which stays whole if the replay buffer overflows.
+            self.pending_body = list(self.replay)
         ctx.stats.upstream_rq_retry += 1
         if ctx.metrics is not None:
             ctx.metrics.metrics.retries.labels(cluster.name).inc()

@@ -301,8 +301,10 @@ class H2DownstreamConnection(asyncio.Protocol):
                     self._forget(handle)
             elif kind is WindowUpdated or kind is SettingsChanged:
                 self._drained(sid)
-            elif kind is Trailers:
-                pass  # request trailers are not forwarded (HTTP/1.1 upstreams cannot take them)
+            elif kind is Trailers:  # END_OF_STREAM follows: the request sends them then
+                handle = streams.get(sid)
+                if handle is not None and handle.stream is not None:
+                    handle.stream.request_trailers(event.headers)  # type: ignore[attr-defined]
             if self.closed:
                 return
 

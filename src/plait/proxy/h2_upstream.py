@@ -18,7 +18,7 @@ import os
 import ssl
 from typing import TYPE_CHECKING
 
-from plait.proto.events import Data, RequestHead
+from plait.proto.events import Data, Headers, RequestHead
 from plait.proto.h2 import (
     ErrorCode,
     GoAway,
@@ -116,11 +116,15 @@ class H2UpStream:
             self.stream.upstream_buffer_full()
         conn.kick()
 
-    def end(self) -> None:
+    def end(self, trailers: Headers | None = None) -> None:
+        """The request is complete: END_STREAM, on its trailer section if it has one."""
         if self.done:
             return
         try:
-            self.conn.codec.end_stream(self.sid)
+            if trailers:
+                self.conn.codec.send_trailers(self.sid, trailers)
+            else:
+                self.conn.codec.end_stream(self.sid)
         except LocalError:
             return
         self.conn.kick()

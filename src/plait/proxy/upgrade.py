@@ -8,6 +8,15 @@ handed to a `tunnel.Tunnel` that copies bytes both ways with backpressure until 
 closes. Any other answer is an ordinary response, after which the client connection closes
 (the HTTP/1 parser cannot go on past an upgrade request).
 
+Bytes of the new protocol may come before the switch: in the read that carried the request
+head (a client that does not wait for the 101), and in the read that carried the 101 (a
+server greeting right after it). The h1 readers keep them (`take_tail`); the downstream stops
+reading once an upgrade request is seen, so what it kept is at most about one read, and the
+kernel holds the rest. When the 101 comes, both tails go into the tunnel first, in order;
+for any other answer the client's are dropped with the connection. (httptools does not
+parse a body on an upgrade request: such a body stays in the tail, so an app that waits for
+it before answering still waits in vain, as before. WebSocket handshakes have no body.)
+
 Only `Upgrade: websocket` is passed on (Envoy's and Istio's default `upgrade_configs`): other
 protocols (`h2c`, ...) would carry requests past routing and authorization once switched, so
 their `Upgrade` stays dropped and a 101 for them is refused as a bad upstream answer.
@@ -33,6 +42,9 @@ __all__ = ["keep_upgrade", "upgraded"]
 UPGRADE = b"upgrade"
 CONNECTION_UPGRADE = (b"connection", b"upgrade")
 ALLOWED = b"websocket"
+# A bit of DownstreamConnection.pause_bits (next to its PAUSE_* bits): bytes after an upgrade
+# request wait, in the kernel, for the answer that says what they are.
+PAUSE_UPGRADE = 8
 
 
 def _protocol(stream: Stream) -> bytes | None:
@@ -51,6 +63,7 @@ def keep_upgrade(stream: Stream, forward: Headers) -> None:
         forward.append(CONNECTION_UPGRADE)
     # httptools stops at an upgrade request: if the app refuses it, close after the answer.
     stream.down_keep_alive = False
+    stream.down.pause_reading(PAUSE_UPGRADE)
 
 
 def upgraded(stream: Stream, head: ResponseHead) -> None:
@@ -92,10 +105,15 @@ def upgraded(stream: Stream, head: ResponseHead) -> None:
 
     tunnel = Tunnel(ctx.settings.tcp_idle_timeout, closed)
     ctx.tunnels.add(tunnel)
-    tunnel.accept(down_transport, framed=False)
+    # What each reader kept past its head (the client's early bytes, the server's greeting)
+    # enters the tunnel before anything read from now on.
+    tunnel.accept(down_transport, framed=False, first=down.reader.take_tail())
     end = End(tunnel, framed=False)
     up_transport.set_protocol(end)
     end.connection_made(up_transport)
+    greeting = conn.reader.take_tail()
+    if greeting:
+        end.data_received(greeting)
     tunnel.connected(end)
     # Either side may have been paused for HTTP backpressure or pipelining: the tunnel
     # decides from now on.
