@@ -81,7 +81,7 @@ def _plait(source: Path | None, h2: bool) -> Callable[[Path, int, Pki], Started]
         path = os.environ.get("PYTHONPATH")
         if source is not None:
             path = os.pathsep.join([str(source), *filter(None, [path])])
-        with _environment(PLAIT_H2_UPGRADE="1" if h2 else None, PYTHONPATH=path):
+        with _environment(PLAIT_H2_UPGRADE="1" if h2 else "0", PYTHONPATH=path):
             try:
                 return system, system.start()
             except BaseException:

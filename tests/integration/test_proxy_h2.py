@@ -3,8 +3,9 @@ and an `h2` client -> outbound proxy -> (mTLS, ALPN h2) -> inbound proxy -> an h
 HTTP/1.1 app (downgraded at the server side).
 
 Services: `h2web` (port protocol http2, an h2c app), `web` (http, an HTTP/1.1 app).
-Proxies: `client-0` (h2 between proxies only for HTTP/2 requests), `upg-0` (also upgrades
-HTTP/1.1 requests: PLAIT_H2_UPGRADE=1), and the servers' proxies `h2web-0`, `web-0`.
+Proxies: `client-0` (h2 between proxies only for HTTP/2 requests: PLAIT_H2_UPGRADE=0), `upg-0`
+(as shipped: also carries HTTP/1.1 requests over HTTP/2 to endpoints whose protocol hint says
+they are plait proxies, which all of these are), and the servers' proxies `h2web-0`, `web-0`.
 """
 
 from __future__ import annotations
@@ -115,12 +116,12 @@ class H2Mesh:
             "h2web-0", "h2web", "app=h2web", app_port=self.h2_port, extra=log
         )
         self.web_proc, self.web = self.mesh.proxy("web-0", "web", "app=web", app_port=self.web_port)
-        self.client_proc, self.client = self.mesh.proxy("client-0", "client", "app=client")
-        os.environ["PLAIT_H2_UPGRADE"] = "1"
+        os.environ["PLAIT_H2_UPGRADE"] = "0"
         try:
-            self.upg_proc, self.upg = self.mesh.proxy("upg-0", "client", "app=client")
+            self.client_proc, self.client = self.mesh.proxy("client-0", "client", "app=client")
         finally:
             del os.environ["PLAIT_H2_UPGRADE"]
+        self.upg_proc, self.upg = self.mesh.proxy("upg-0", "client", "app=client")
         names = {"h2web-0", "web-0", "client-0", "upg-0", "grpcweb-0"}
         wait_until(lambda: self.mesh.converged(names), 20, "convergence")
         wait_until(lambda: self._routable("h2web"), 15, "client-0 to reach h2web")
@@ -227,8 +228,10 @@ def test_h2load_through_the_pair_has_no_errors(m: H2Mesh) -> None:
 
 
 def test_http1_client_over_the_h2_connection_between_proxies(m: H2Mesh) -> None:
-    """upg-0 carries HTTP/1.1 requests over HTTP/2 (h2UpgradePolicy UPGRADE); web-0
-    downgrades them for its HTTP/1.1 app."""
+    """As shipped (no DestinationRule, no PLAIT_H2_UPGRADE), upg-0 carries HTTP/1.1 requests
+    over HTTP/2: web-0 registered with the protocol hint "h2". web-0 downgrades them for its
+    HTTP/1.1 app. (An endpoint without the hint, e.g. Envoy in test_envoy_interop.py, gets
+    HTTP/1.1.)"""
     before = m.stats(m.web, "inbound").get("h2_cx_total", 0)
     for i in range(5):
         r = send_request(m.upg["outbound"], f"/up{i}", headers={"host": "web"})
@@ -250,8 +253,8 @@ def test_a_caller_cannot_send_the_upgrade_marker(m: H2Mesh) -> None:
 
 
 def test_destination_rule_h2_upgrade_policy_moves_http1_onto_h2(m: H2Mesh) -> None:
-    """client-0 has no proxy-wide default; a DestinationRule with h2UpgradePolicy UPGRADE for
-    `web2` makes it carry HTTP/1.1 requests over one HTTP/2 connection to web2-0."""
+    """client-0 has the upgrade turned off proxy-wide; a DestinationRule with h2UpgradePolicy
+    UPGRADE for `web2` still makes it carry HTTP/1.1 requests over HTTP/2 to web2-0."""
     m.mesh.apply(
         """
 apiVersion: plait.dev/v1
@@ -282,6 +285,42 @@ spec:
     inbound = m.stats(web2, "inbound")
     assert inbound.get("h2_cx_total", 0) >= 1, inbound  # the requests arrived over HTTP/2
     assert inbound["downstream_cx_total"] == inbound["h2_cx_total"], inbound  # and only so
+
+
+def test_max_requests_per_connection_applies_to_the_h2_connection(m: H2Mesh) -> None:
+    """maxRequestsPerConnection 2 (as in Envoy, for HTTP/2 upstreams too): six HTTP/1.1
+    requests upgraded by upg-0 (the default: web3-0 is a plait proxy) take three
+    connections to web3-0, each closed once its two streams are done."""
+    m.mesh.apply(
+        """
+apiVersion: plait.dev/v1
+kind: Service
+metadata: {name: web3}
+spec: {selector: {app: web3}, ports: [{name: http, port: 80}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web3-short}
+spec:
+  host: web3
+  trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 2}}}
+"""
+    )
+    _, port = m.mesh.app("web3")
+    _, web3 = m.mesh.proxy("web3-0", "web3", "app=web3", app_port=port)
+    wait_until(lambda: m.mesh.converged({"web3-0", "upg-0"}), 20, "convergence")
+    wait_until(
+        lambda: send_request(m.upg["outbound"], "/", headers={"host": "web3"}).status == 200,
+        15,
+        "upg-0 to reach web3",
+    )
+    before = m.stats(web3, "inbound")["h2_cx_total"]
+    for i in range(6):
+        r = send_request(m.upg["outbound"], f"/m{i}", headers={"host": "web3"})
+        assert r.status == 200 and r.json()["path"] == f"/m{i}", r
+    inbound = m.stats(web3, "inbound")
+    assert inbound["h2_cx_total"] - before >= 3, inbound  # fails if one connection carries all
+    assert inbound["downstream_cx_total"] == inbound["h2_cx_total"], inbound  # all upgraded
 
 
 def test_grpc_caller_gets_grpc_shaped_local_replies(m: H2Mesh) -> None:

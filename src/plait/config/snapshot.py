@@ -54,6 +54,7 @@ PARENT_KINDS = ("Service", "Gateway")
 MTLS_MODES = ("STRICT", "PERMISSIVE", "DISABLE")
 # A Service port's `protocol` (config.resources.ServicePort).
 PORT_PROTOCOLS = ("http", "http2", "grpc", "tcp")
+PROTOCOL_HINTS = ("", "h2")  # Endpoint.protocol_hint
 
 T = TypeVar("T")
 
@@ -134,6 +135,10 @@ class Endpoint:
     # The SPIFFE ID its proxy proves. Auto mTLS (as Istio): endpoints with an identity are
     # called over mTLS and must present exactly it; endpoints without one (no proxy) in plaintext.
     identity: str = ""
+    # "h2": the endpoint's proxy is plait, which turns HTTP/1.1 requests carried over HTTP/2
+    # back into HTTP/1.1, so callers may multiplex them on one connection (Linkerd's protocol
+    # hint). Only the control plane sets it, for proxies that said so when they registered.
+    protocol_hint: str = ""
 
     @property
     def key(self) -> tuple[str, int]:
@@ -149,8 +154,13 @@ class Endpoint:
             workload=r.get("workload", str, ""),
             healthy=r.get("healthy", bool, True),
             identity=r.get("identity", str, ""),
+            protocol_hint=r.get("protocol_hint", str, ""),
         )
         r.done()
+        if ep.protocol_hint not in PROTOCOL_HINTS:
+            raise SnapshotError(
+                f"{path}.protocol_hint: {ep.protocol_hint!r} is not one of {PROTOCOL_HINTS}"
+            )
         return ep
 
 
@@ -1022,6 +1032,7 @@ class Snapshot:
                             "workload": e.workload,
                             "healthy": e.healthy,
                             "identity": e.identity,
+                            **({"protocol_hint": e.protocol_hint} if e.protocol_hint else {}),
                         }
                         for e in c.endpoints
                     ],

@@ -70,6 +70,7 @@ class Instance:
     address: str  # its proxy's inbound address
     port: int  # its proxy's inbound port
     identity: str = ""  # the SPIFFE ID its proxy proved; empty: no proxy, plaintext (auto mTLS)
+    protocol_hint: str = ""  # "h2": its proxy downgrades HTTP/1.1 carried over HTTP/2
 
 
 def compile_snapshot(
@@ -137,7 +138,14 @@ class _EndpointIndex:
             self._add(
                 i.namespace,
                 i.labels,
-                Endpoint(i.address, i.port, dict(i.labels), workload=i.name, identity=i.identity),
+                Endpoint(
+                    i.address,
+                    i.port,
+                    dict(i.labels),
+                    workload=i.name,
+                    identity=i.identity,
+                    protocol_hint=i.protocol_hint,
+                ),
             )
         for w in workloads:
             spec = w.spec

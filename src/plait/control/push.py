@@ -471,6 +471,7 @@ class PushServer:
                     port=int(endpoint["port"]),
                     health=conn.health,
                     identity=conn.identity or "",
+                    protocol_hint="h2" if endpoint.get("protocol_hint") == "h2" else "",
                 )
                 await self.registry.register(conn.entry)
         elif kind == "ack":

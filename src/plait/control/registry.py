@@ -37,6 +37,9 @@ class WorkloadEntry:
     port: int
     health: str = "unknown"  # healthy | unhealthy | unknown (no check configured yet)
     identity: str = ""  # the SPIFFE ID its proxy proved; callers verify it (mTLS)
+    # "h2": its proxy turns HTTP/1.1 requests carried over HTTP/2 back into HTTP/1.1, so
+    # callers may multiplex them (Linkerd's protocol hint); "": send HTTP/1.1 as is.
+    protocol_hint: str = ""
 
     @property
     def key(self) -> str:
@@ -53,6 +56,7 @@ class WorkloadEntry:
                 "port": self.port,
                 "health": self.health,
                 "identity": self.identity,
+                "protocol_hint": self.protocol_hint,
             },
             sort_keys=True,
         ).encode()
@@ -69,6 +73,7 @@ class WorkloadEntry:
             int(d["port"]),
             d.get("health", "unknown"),
             d.get("identity", ""),
+            d.get("protocol_hint", ""),
         )
 
 
@@ -118,7 +123,16 @@ class Registry:
     async def instances(self) -> list[Instance]:
         """Endpoints for the compiler: registered workloads whose app is not unhealthy."""
         return [
-            Instance(e.name, e.service, e.namespace, e.labels, e.address, e.port, e.identity)
+            Instance(
+                e.name,
+                e.service,
+                e.namespace,
+                e.labels,
+                e.address,
+                e.port,
+                e.identity,
+                e.protocol_hint,
+            )
             for e in await self.entries()
             if e.health != "unhealthy"
         ]

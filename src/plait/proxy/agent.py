@@ -173,7 +173,10 @@ class ControlAgent:
                 raise ConnectionRefusedError(f"control plane identity refused: {exc}") from None
         self._writer = writer
         endpoint = (
-            {"address": self.endpoint[0], "port": self.endpoint[1]} if self.endpoint else None
+            # protocol_hint: this proxy downgrades HTTP/1.1 that callers carry over HTTP/2.
+            {"address": self.endpoint[0], "port": self.endpoint[1], "protocol_hint": "h2"}
+            if self.endpoint
+            else None
         )
         health = self.health.status if self.health else "unknown"
         hello = wire.hello(

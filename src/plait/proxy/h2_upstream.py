@@ -55,11 +55,20 @@ CLIENT_CONFIG = H2Config(client=True, huffman=False, eager_connection_credit=Tru
 CODEC: type[H2Connection] = getattr(h2_module("connection"), "H2Connection", H2Connection)
 _LOW_WATER = WRITE_HIGH_WATER // 2
 # HTTP/1.1 requests between proxies over the multiplexed HTTP/2 mTLS connection (Istio's
-# h2UpgradePolicy UPGRADE) by default? A DestinationRule can still say either way. Off by
-# default, as in Istio: it pays under concurrency (bench/RESULTS.md, "HTTP/1.1 or HTTP/2
-# between the proxies") but only a plait peer downgrades an upgraded request again; an
-# Envoy peer with a certificate from the mesh would pass HTTP/2 on to an HTTP/1.1 app.
-UPGRADE_BETWEEN_PROXIES = os.environ.get("PLAIT_H2_UPGRADE", "") in ("1", "true", "UPGRADE")
+# h2UpgradePolicy UPGRADE). With a DestinationRule saying neither (DEFAULT), a cluster is
+# upgraded when all its endpoints are plait proxies: only a plait peer downgrades an upgraded
+# request again (an Envoy peer with a certificate from the mesh would pass HTTP/2 on to an
+# HTTP/1.1 app), and the control plane marks the endpoints plait proxies registered with the
+# protocol hint "h2" (as Linkerd does). It pays under concurrency (bench/RESULTS.md, "HTTP/1.1
+# or HTTP/2 between the proxies"). PLAIT_H2_UPGRADE=1 or 0 forces it for a whole proxy.
+UPGRADE_BETWEEN_PROXIES: bool | None = {
+    "1": True,
+    "true": True,
+    "UPGRADE": True,
+    "0": False,
+    "false": False,
+    "DO_NOT_UPGRADE": False,
+}.get(os.environ.get("PLAIT_H2_UPGRADE", ""))
 
 
 def h2_client_context(
@@ -176,6 +185,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         "loop",
         "scheduled",
         "served",
+        "opened",
     )
 
     def __init__(self, host: Host) -> None:
@@ -190,9 +200,17 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.scheduled = False
         self.served = 0
+        self.opened = 0  # streams opened on it (maxRequestsPerConnection)
 
     def available(self) -> bool:
-        return not self.closed and self.codec.can_open_stream()
+        return not self.closed and self.codec.can_open_stream() and not self.exhausted()
+
+    def exhausted(self) -> bool:
+        """Whether it has carried its cluster's maxRequestsPerConnection streams (as Envoy,
+        the limit applies to HTTP/2 connections too: a rotated certificate or a rebalanced
+        endpoint set reaches long-lived multiplexed connections as well)."""
+        breaker = self.breaker
+        return breaker is not None and not breaker.reuse_connection(self.opened)
 
     def open_stream(
         self, stream: Stream, head: RequestHead, end: bool, scheme: bytes
@@ -204,6 +222,7 @@ class H2UpstreamConnection(asyncio.Protocol):
             return None
         handle = H2UpStream(self, sid, stream)
         self.streams[sid] = handle
+        self.opened += 1
         self.kick()
         return handle
 
@@ -219,8 +238,8 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.served += 1
         if not self.streams:
             self.idle_since = self.loop.time()
-            if not self.codec.can_open_stream():
-                self.close()  # GOAWAY received (or dead): nothing more will run on it
+            if not self.codec.can_open_stream() or self.exhausted():
+                self.close()  # GOAWAY received, dead or used up: nothing more will run on it
 
     # asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -69,10 +69,14 @@ async def _marked_socket(address: str, port: int) -> socket.socket:
     return sock
 
 
-def _h2_upgrade_default() -> bool:
+def _h2_upgrade_default(hosts: tuple[Host, ...]) -> bool:
+    """h2UpgradePolicy DEFAULT: upgrade when every endpoint is a plait proxy (its protocol
+    hint says it downgrades), as Linkerd does; PLAIT_H2_UPGRADE=1 or 0 overrides it."""
     from plait.proxy.h2_upstream import UPGRADE_BETWEEN_PROXIES
 
-    return UPGRADE_BETWEEN_PROXIES
+    if UPGRADE_BETWEEN_PROXIES is not None:
+        return UPGRADE_BETWEEN_PROXIES
+    return bool(hosts) and all(h.protocol_hint == "h2" for h in hosts)
 
 
 class UpstreamConnection(batching.BatchedWriter, asyncio.Protocol):
@@ -210,6 +214,7 @@ class Host:
         "identity",
         "cx_tls_fail",
         "h2",
+        "protocol_hint",
     )
 
     def __init__(self, endpoint: Endpoint) -> None:
@@ -219,6 +224,7 @@ class Host:
         self.workload = endpoint.workload
         # The SPIFFE ID the endpoint must prove; empty: no proxy there, plaintext (auto mTLS).
         self.identity = endpoint.identity
+        self.protocol_hint = endpoint.protocol_hint  # "h2": a plait proxy, which downgrades
         self.label = f"{self.address}:{self.port}"
         self.active = 0
         self.idle: list[UpstreamConnection] = []
@@ -393,10 +399,11 @@ class HostRegistry:
         if host is None:
             host = self._hosts[endpoint.key] = Host(endpoint)
         else:
-            host.labels, host.workload, host.identity = (
+            host.labels, host.workload, host.identity, host.protocol_hint = (
                 endpoint.labels,
                 endpoint.workload,
                 endpoint.identity,
+                endpoint.protocol_hint,
             )
         return host
 
@@ -458,7 +465,7 @@ class ClusterRuntime:
         self.h2_upgrade = (
             upgrade == "UPGRADE"
             if upgrade in ("UPGRADE", "DO_NOT_UPGRADE")
-            else _h2_upgrade_default()
+            else _h2_upgrade_default(hosts)
         )
         self.h2_check = self.h2_upgrade  # whether HTTP/1.1 requests may go over HTTP/2
         same_policy = previous is not None and previous.policy == policy
