@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 APP = r"""
-import os, sys, json
+import os, sys, json, time
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
 NAME = os.environ["APP_NAME"]
 class H(BaseHTTPRequestHandler):
@@ -25,6 +25,8 @@ class H(BaseHTTPRequestHandler):
     wbufsize = 65536  # one send per response: no Nagle/delayed-ACK stall between head and body
     def log_message(self, *a): pass
     def do_GET(self):
+        if "sleep_ms=" in self.path:  # hold the request: tests that need one in flight
+            time.sleep(int(self.path.split("sleep_ms=")[1].split("&")[0]) / 1000)
         headers = [[k.lower(), v] for k, v in self.headers.items()]
         body = json.dumps({"name": NAME, "path": self.path, "headers": headers}).encode()
         self.send_response(200)

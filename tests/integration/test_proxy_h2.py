@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -229,17 +230,49 @@ def test_h2load_through_the_pair_has_no_errors(m: H2Mesh) -> None:
 
 def test_http1_client_over_the_h2_connection_between_proxies(m: H2Mesh) -> None:
     """As shipped (no DestinationRule, no PLAIT_H2_UPGRADE), upg-0 carries HTTP/1.1 requests
-    over HTTP/2: web-0 registered with the protocol hint "h2". web-0 downgrades them for its
+    that overlap others over HTTP/2, since web4-0 registered with the protocol hint "h2"; a
+    request alone takes pooled HTTP/1.1. web4-0 downgrades the upgraded ones for its
     HTTP/1.1 app. (An endpoint without the hint, e.g. Envoy in test_envoy_interop.py, gets
-    HTTP/1.1.)"""
-    before = m.stats(m.web, "inbound").get("h2_cx_total", 0)
-    for i in range(5):
-        r = send_request(m.upg["outbound"], f"/up{i}", headers={"host": "web"})
-        assert r.status == 200, r
-        body = r.json()
-        assert body["path"] == f"/up{i}"
-        assert "x-plait-h2-upgraded" not in dict(body["headers"])
-    assert m.stats(m.web, "inbound").get("h2_cx_total", 0) > before
+    HTTP/1.1 only.)"""
+    m.mesh.apply(
+        """
+apiVersion: plait.dev/v1
+kind: Service
+metadata: {name: web4}
+spec: {selector: {app: web4}, ports: [{name: http, port: 80}]}
+"""
+    )
+    _, port = m.mesh.app("web4")
+    _, web4 = m.mesh.proxy("web4-0", "web4", "app=web4", app_port=port)
+    wait_until(lambda: m.mesh.converged({"web4-0", "upg-0"}), 20, "convergence")
+    wait_until(
+        lambda: send_request(m.upg["outbound"], "/", headers={"host": "web4"}).status == 200,
+        15,
+        "upg-0 to reach web4",
+    )
+    for i in range(3):  # one at a time: HTTP/1.1 between the proxies
+        assert send_request(m.upg["outbound"], f"/alone{i}", headers={"host": "web4"}).status == 200
+    assert m.stats(web4, "inbound").get("h2_cx_total", 0) == 0
+
+    held: list[int] = []
+    holder = threading.Thread(
+        target=lambda: held.append(
+            send_request(m.upg["outbound"], "/hold?sleep_ms=1500", headers={"host": "web4"}).status
+        )
+    )
+    holder.start()
+    time.sleep(0.5)  # the held request is in flight now: the next ones join it over HTTP/2
+    try:
+        for i in range(5):
+            r = send_request(m.upg["outbound"], f"/up{i}", headers={"host": "web4"})
+            assert r.status == 200, r
+            body = r.json()
+            assert body["path"] == f"/up{i}"
+            assert "x-plait-h2-upgraded" not in dict(body["headers"])
+    finally:
+        holder.join(10)
+    assert held == [200]
+    assert m.stats(web4, "inbound").get("h2_cx_total", 0) >= 1
 
 
 def test_a_caller_cannot_send_the_upgrade_marker(m: H2Mesh) -> None:
@@ -289,8 +322,8 @@ spec:
 
 def test_max_requests_per_connection_applies_to_the_h2_connection(m: H2Mesh) -> None:
     """maxRequestsPerConnection 2 (as in Envoy, for HTTP/2 upstreams too): six HTTP/1.1
-    requests upgraded by upg-0 (the default: web3-0 is a plait proxy) take three
-    connections to web3-0, each closed once its two streams are done."""
+    requests upgraded by upg-0 (h2UpgradePolicy UPGRADE) take three connections to web3-0,
+    each closed once its two streams are done."""
     m.mesh.apply(
         """
 apiVersion: plait.dev/v1
@@ -303,7 +336,8 @@ kind: DestinationRule
 metadata: {name: web3-short}
 spec:
   host: web3
-  trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 2}}}
+  trafficPolicy:
+    connectionPool: {http: {maxRequestsPerConnection: 2, h2UpgradePolicy: UPGRADE}}
 """
     )
     _, port = m.mesh.app("web3")

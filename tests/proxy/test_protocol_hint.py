@@ -94,17 +94,20 @@ def shipped_default(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("shipped_default")
-def test_default_upgrades_only_when_every_endpoint_is_a_plait_proxy() -> None:
-    assert _runtime(["h2", "h2"]).h2_upgrade
-    assert not _runtime(["h2", ""]).h2_upgrade  # one Envoy (or app without proxy): no
-    assert not _runtime([]).h2_upgrade
-    assert not _runtime(["h2"], "DO_NOT_UPGRADE").h2_upgrade
-    assert _runtime([""], "UPGRADE").h2_upgrade  # the operator's word wins
+def test_default_multiplexes_only_when_every_endpoint_is_a_plait_proxy() -> None:
+    both = _runtime(["h2", "h2"])
+    assert both.h2_multiplex and not both.h2_upgrade and both.h2_check
+    assert not _runtime(["h2", ""]).h2_multiplex  # one Envoy (or app without proxy): no
+    assert not _runtime([]).h2_multiplex
+    assert not _runtime(["h2"], "DO_NOT_UPGRADE").h2_check
+    upgraded = _runtime([""], "UPGRADE")  # the operator's word wins, for every request
+    assert upgraded.h2_upgrade and not upgraded.h2_multiplex
 
 
 def test_the_environment_overrides_the_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(h2_upstream, "UPGRADE_BETWEEN_PROXIES", False)
-    assert not _runtime(["h2"]).h2_upgrade
+    assert not _runtime(["h2"]).h2_check
     assert _runtime(["h2"], "UPGRADE").h2_upgrade
     monkeypatch.setattr(h2_upstream, "UPGRADE_BETWEEN_PROXIES", True)
-    assert _runtime([""]).h2_upgrade
+    forced = _runtime([""])
+    assert forced.h2_upgrade and not forced.h2_multiplex

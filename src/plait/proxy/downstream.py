@@ -649,8 +649,13 @@ class Stream:
                 and ctx.certs is not None
                 and cluster.policy.tls_mode in ("AUTO", "ISTIO_MUTUAL")
             ):
-                # Another proxy, over mTLS: HTTP/2 requests always, HTTP/1.1 if upgraded.
-                return self.h2 or cluster.h2_upgrade
+                # Another proxy, over mTLS: HTTP/2 requests always, HTTP/1.1 if upgraded (or,
+                # by default, if others to the cluster are in flight: it joins them).
+                return (
+                    self.h2
+                    or cluster.h2_upgrade
+                    or (cluster.h2_multiplex and cluster.breaker.requests > 0)
+                )
         if declared in _H2_PROTOCOLS:
             return True  # the app says it speaks HTTP/2
         if declared != "-":

@@ -69,14 +69,24 @@ async def _marked_socket(address: str, port: int) -> socket.socket:
     return sock
 
 
-def _h2_upgrade_default(hosts: tuple[Host, ...]) -> bool:
-    """h2UpgradePolicy DEFAULT: upgrade when every endpoint is a plait proxy (its protocol
-    hint says it downgrades), as Linkerd does; PLAIT_H2_UPGRADE=1 or 0 overrides it."""
+def _h2_upgrade_modes(policy: str, hosts: tuple[Host, ...]) -> tuple[bool, bool]:
+    """(upgrade every HTTP/1.1 request, upgrade those that overlap others) for a cluster.
+
+    h2UpgradePolicy UPGRADE / DO_NOT_UPGRADE decide, else PLAIT_H2_UPGRADE=1 / 0. Otherwise
+    (DEFAULT), when every endpoint is a plait proxy (its protocol hint says it downgrades, as
+    Linkerd's do), requests that start while others to the cluster are in flight share the
+    multiplexed HTTP/2 connection, and a lone request takes pooled HTTP/1.1: HTTP/2 between
+    the proxies costs a third less CPU per request under concurrency (one write and one TLS
+    record carry many streams) but more for a request alone, whose latency it adds to
+    (bench/RESULTS.md, "HTTP/1.1 or HTTP/2 between the proxies").
+    """
     from plait.proxy.h2_upstream import UPGRADE_BETWEEN_PROXIES
 
+    if policy in ("UPGRADE", "DO_NOT_UPGRADE"):
+        return policy == "UPGRADE", False
     if UPGRADE_BETWEEN_PROXIES is not None:
-        return UPGRADE_BETWEEN_PROXIES
-    return bool(hosts) and all(h.protocol_hint == "h2" for h in hosts)
+        return UPGRADE_BETWEEN_PROXIES, False
+    return False, bool(hosts) and all(h.protocol_hint == "h2" for h in hosts)
 
 
 class UpstreamConnection(batching.BatchedWriter, asyncio.Protocol):
@@ -441,6 +451,7 @@ class ClusterRuntime:
         "next_check",
         "protocol",
         "h2_upgrade",
+        "h2_multiplex",
         "h2_check",
     )
 
@@ -460,14 +471,11 @@ class ClusterRuntime:
         # What the service's ports declare (`http2`/`grpc`: speak HTTP/2 to it); "" until
         # resolved (see resolve_protocol), "-" when nothing is declared.
         self.protocol = ""
-        # DestinationRule h2UpgradePolicy: HTTP/1.1 requests to other proxies over HTTP/2.
-        upgrade = getattr(policy.connection_pool, "h2_upgrade_policy", None)
-        self.h2_upgrade = (
-            upgrade == "UPGRADE"
-            if upgrade in ("UPGRADE", "DO_NOT_UPGRADE")
-            else _h2_upgrade_default(hosts)
-        )
-        self.h2_check = self.h2_upgrade  # whether HTTP/1.1 requests may go over HTTP/2
+        # HTTP/1.1 requests to other proxies over HTTP/2: all of them, or those that overlap
+        # others (see _h2_upgrade_modes).
+        upgrade = getattr(policy.connection_pool, "h2_upgrade_policy", "DEFAULT")
+        self.h2_upgrade, self.h2_multiplex = _h2_upgrade_modes(upgrade, hosts)
+        self.h2_check = self.h2_upgrade or self.h2_multiplex  # HTTP/1.1 may go over HTTP/2
         same_policy = previous is not None and previous.policy == policy
         self.breaker: CircuitBreaker
         self.budget: RetryBudget
@@ -524,7 +532,7 @@ class ClusterRuntime:
     def resolve_protocol(self, protocol: str) -> None:
         """Set the protocol the service speaks ("" or "-": not declared)."""
         self.protocol = protocol.lower() or "-"
-        self.h2_check = self.h2_upgrade or self.protocol in ("http2", "grpc")
+        self.h2_check = self.h2_upgrade or self.h2_multiplex or self.protocol in ("http2", "grpc")
 
     def health_changed(self) -> None:
         """Recompute the hosts that pass their active health checks (after a verdict change)."""
