@@ -110,7 +110,6 @@ DEFAULT_TABLE_SIZE = 4096
 # first byte; a value no NUL, CR or LF, and no leading or trailing space or tab. Short names
 # that passed are remembered, process-wide and bounded: most literal names repeat.
 _BAD_NAME_BYTES = bytes([*range(0x21), *range(0x41, 0x5B), *range(0x7F, 0x100), 0x3A])
-_BAD_VALUE_BYTES = b"\x00\r\n"
 _GOOD_NAMES: set[bytes] = set()
 _GOOD_NAMES_MAX = 4096
 
@@ -132,7 +131,8 @@ def field_error(name: bytes, value: bytes) -> str:
         if len(name) <= 64 and len(_GOOD_NAMES) < _GOOD_NAMES_MAX:  # at most 256 KiB
             _GOOD_NAMES.add(name)
     if value:
-        if len(value.translate(None, _BAD_VALUE_BYTES)) != len(value):
+        # Three scans for one byte each (memchr) rather than a translated copy to compare.
+        if b"\r" in value or b"\n" in value or b"\x00" in value:
             return f"invalid character in the value of {name!r}"
         if value[0] in (0x20, 0x09) or value[-1] in (0x20, 0x09):
             return f"whitespace around the value of {name!r}"
