@@ -95,6 +95,7 @@ class H2UpStream:
         "got_bytes",
         "full",
         "done",
+        "ended",
     )
 
     def __init__(self, conn: H2UpstreamConnection, sid: int, stream: Stream) -> None:
@@ -109,6 +110,7 @@ class H2UpStream:
         self.got_bytes = False
         self.full = False  # our queued request body paused the downstream
         self.done = False
+        self.ended = False  # the request's END_STREAM is sent (on its HEADERS, for a GET)
 
     def write(self, data: bytes) -> None:
         """Request body bytes."""
@@ -127,8 +129,9 @@ class H2UpStream:
 
     def end(self, trailers: Headers | None = None) -> None:
         """The request is complete: END_STREAM, on its trailer section if it has one."""
-        if self.done:
-            return
+        if self.done or self.ended:
+            return  # (a bodiless request ended with its head: no exception from the codec)
+        self.ended = True
         try:
             if trailers:
                 self.conn.codec.send_trailers(self.sid, trailers)
@@ -221,6 +224,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         except LocalError:
             return None
         handle = H2UpStream(self, sid, stream)
+        handle.ended = end
         self.streams[sid] = handle
         self.opened += 1
         self.kick()
