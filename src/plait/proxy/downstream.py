@@ -1020,6 +1020,10 @@ class Stream:
                 self.down.write(last_chunk(trailers))
         elif self.h2:
             self.down.send_end(self.trailers)  # type: ignore[attr-defined]
+        if not self.h2:
+            # The response leaves now, not at the end of the event: the pool and telemetry
+            # bookkeeping below and in done() then overlap with the client reading it.
+            self.down.flush_out()
         conn = self.upstream
         self.upstream = None
         if self.up_h2:
