@@ -16,8 +16,9 @@ inflate every absolute figure alike, by up to 1.5x here; this VM has no hardware
 count instructions instead). It also prints which codecs (mypyc-compiled or pure Python)
 each plait tree runs.
 
-Systems: `plait` (this tree, HTTP/1.1 between the proxies), `plait-h2` (`--h2-upgrade`:
-PLAIT_H2_UPGRADE=1, one multiplexed HTTP/2 mTLS connection between the proxies), `base` and
+Systems: `plait` (this tree as shipped: HTTP/1.1 between the proxies, and HTTP/2 for the
+requests that overlap others), `plait-h2` (`--h2-upgrade`: PLAIT_H2_UPGRADE=1, every request
+over one multiplexed HTTP/2 mTLS connection between the proxies), `base` and
 `base-h2` (`--base DIR`: another copy of the plait package, DIR holding `plait/`, for a
 before -> after comparison in the same minute) and `envoy` (bench/systems/envoy.py, the
 yardstick). It asserts nothing.
@@ -81,7 +82,7 @@ def _plait(source: Path | None, h2: bool) -> Callable[[Path, int, Pki], Started]
         path = os.environ.get("PYTHONPATH")
         if source is not None:
             path = os.pathsep.join([str(source), *filter(None, [path])])
-        with _environment(PLAIT_H2_UPGRADE="1" if h2 else "0", PYTHONPATH=path):
+        with _environment(PLAIT_H2_UPGRADE="1" if h2 else None, PYTHONPATH=path):
             try:
                 return system, system.start()
             except BaseException:
