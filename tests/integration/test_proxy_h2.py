@@ -357,6 +357,65 @@ spec:
     assert inbound["downstream_cx_total"] == inbound["h2_cx_total"], inbound  # all upgraded
 
 
+def _burst(port: int, host: str, n: int, target: str) -> list[int]:
+    """`n` HTTP/1.1 requests sent at once from their own threads; their statuses."""
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        try:
+            status = send_request(port, f"{target}&i={i}", headers={"host": host}).status
+        except OSError:
+            status = -1
+        with lock:
+            statuses.append(status)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    return statuses
+
+
+def test_a_burst_shares_one_new_h2_connection_and_fails_together(m: H2Mesh) -> None:
+    """20 requests at once to a host with no HTTP/2 connection yet open one, not 20: the
+    others wait for it (as Envoy's pool does). When the host is gone, the waiting ones get
+    the connect failure (503 UF after retries), none hangs."""
+    m.mesh.apply(
+        """
+apiVersion: plait.dev/v1
+kind: Service
+metadata: {name: web5}
+spec: {selector: {app: web5}, ports: [{name: http, port: 80}]}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web5-upgrade}
+spec:
+  host: web5
+  trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}
+"""
+    )
+    _, port = m.mesh.app("web5")
+    proc, web5 = m.mesh.proxy("web5-0", "web5", "app=web5", app_port=port)
+    wait_until(lambda: m.mesh.converged({"web5-0", "upg-0"}), 20, "convergence")
+    endpoint = f"127.0.0.1:{web5['inbound']}"
+    # No request before the burst: it must find no HTTP/2 connection to web5-0 yet.
+    wait_until(
+        lambda: endpoint in json.dumps(m.mesh.admin(m.upg, "/clusters")), 15, "upg-0 to know web5"
+    )
+    statuses = _burst(m.upg["outbound"], "web5", 20, "/burst?sleep_ms=300")
+    assert statuses == [200] * 20, statuses
+    inbound = m.stats(web5, "inbound")
+    assert inbound["h2_cx_total"] == 1, inbound  # was one per request before the fix
+
+    proc.kill()  # the endpoint stays listed until it expires: connects fail
+    time.sleep(0.5)
+    statuses = _burst(m.upg["outbound"], "web5", 10, "/gone?x=1")
+    assert len(statuses) == 10 and all(s in (502, 503) for s in statuses), statuses
+
+
 def test_grpc_caller_gets_grpc_shaped_local_replies(m: H2Mesh) -> None:
     client = H2Client(m.client["outbound"])
     grpc = [("content-type", "application/grpc"), ("te", "trailers")]

@@ -732,6 +732,9 @@ class Stream:
         if not fresh:
             conn = host.take_h2() if self.up_h2 else host.take_idle()
         breaker = cluster.breaker
+        if conn is None and self.up_h2 and host.h2_waiting is not None and not fresh:
+            self.wait_for_h2(host, breaker)
+            return
         if conn is None and not (breaker.try_acquire_connection() and _pending(breaker)):
             # A new connection would pass maxConnections / http1MaxPendingRequests: refuse
             # at once rather than queue (Envoy's circuit breaking).
@@ -753,9 +756,61 @@ class Stream:
         ctx = self.down.ctx
         if not self.request_complete:
             self.down.pause_reading(PAUSE_CONNECTING)
-        ctx.spawn(self.connect(host))
+        opens_h2 = self.up_h2 and host.h2_waiting is None
+        if opens_h2:
+            host.h2_waiting = []  # later streams to the host wait for this connection
+        ctx.spawn(self.connect(host, opens_h2))
 
-    async def connect(self, host: Host) -> None:
+    def wait_for_h2(self, host: Host, breaker: CircuitBreaker) -> None:
+        """Wait for the HTTP/2 connection another stream is opening to `host` (holding a
+        pending-request slot, as a connecting stream does, but no connection slot)."""
+        if not breaker.try_acquire_pending():
+            self.overflow()
+            return
+        assert self.cluster is not None and host.h2_waiting is not None
+        self.host = host
+        self.tried += (host,)
+        host.active += 1
+        host.rq_total += 1
+        self.cluster.balancer.on_start(host)
+        self.try_started = monotonic()
+        self.connecting = True
+        if not self.request_complete:
+            self.down.pause_reading(PAUSE_CONNECTING)
+        host.h2_waiting.append(self)
+
+    def h2_ready(self, conn: H2UpstreamConnection | None) -> None:
+        """The connection this stream waited for is up (None: it failed)."""
+        cluster = self.cluster
+        assert cluster is not None
+        cluster.breaker.release_pending()
+        self.connecting = False
+        host = self.host
+        if conn is not None and conn.available() and not self.finished:
+            self.attach_h2(conn)
+            return
+        if host is not None:
+            host.active -= 1
+            cluster.balancer.on_finish(host, None, monotonic())
+        self.host = None
+        if self.finished:
+            return
+        # Nothing was written: safe to retry whatever the method (RFC 9110 9.2.2).
+        outcome = Outcome(failure=CONNECT_FAILURE, reached_upstream=False, replayable=True)
+        if not self.schedule_retry(outcome):
+            self.local_reply(503, "UF")
+
+    async def connect(self, host: Host, opens_h2: bool = False) -> None:
+        try:
+            await self._connect(host)
+        finally:
+            if opens_h2:
+                waiting, host.h2_waiting = host.h2_waiting or [], None
+                for stream in waiting:
+                    # The new connection (None if it failed; another if it is full).
+                    stream.h2_ready(host.take_h2())
+
+    async def _connect(self, host: Host) -> None:
         ctx = self.down.ctx
         cluster = self.cluster
         assert cluster is not None

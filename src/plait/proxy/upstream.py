@@ -224,6 +224,7 @@ class Host:
         "identity",
         "cx_tls_fail",
         "h2",
+        "h2_waiting",
         "protocol_hint",
     )
 
@@ -243,6 +244,9 @@ class Host:
         self.cx_tls_fail = 0
         self.rq_total = 0
         self.h2: list[H2UpstreamConnection] = []  # multiplexed HTTP/2 connections
+        # While an HTTP/2 connection to it is being opened: the streams waiting for it (a
+        # burst then opens one connection, not one per request, as Envoy's pool does).
+        self.h2_waiting: list[Any] | None = None
 
     def take_h2(self) -> H2UpstreamConnection | None:
         """An HTTP/2 connection that can open one more stream, if any."""
