@@ -272,3 +272,19 @@ def test_a_reset_that_may_have_been_processed_is_not_retried_for_a_post() -> Non
     handle.reused = False  # e.g. RST_STREAM(INTERNAL_ERROR), or the connection dropped
     stream.on_upstream_closed(handle)
     assert stream.finished and stream.status == 503 and not down.ctx.loop.later
+
+
+def test_a_stale_pooled_connection_retry_ends_the_try_for_the_balancer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A GET on a pooled HTTP/1.1 connection the peer had closed goes again on a new one;
+    the failed try must end for the balancer too, or PeakEWMA's pending count for the host
+    grows by one each time and steers traffic away from it."""
+    stream, down, handle = _refused_stream(b"GET", [])
+    stream.up_h2 = False
+    host: Any = stream.host
+    again: list[bool] = []
+    monkeypatch.setattr(Stream, "pick_and_send", lambda self, fresh=False: again.append(fresh))
+    stream.on_upstream_closed(handle)
+    assert again == [True] and host.active == 0
+    assert stream.cluster.balancer.finished == [host]  # type: ignore[union-attr]

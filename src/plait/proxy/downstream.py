@@ -1137,9 +1137,13 @@ class Stream:
             and not self.up_h2  # a refused HTTP/2 stream: the policy above, and its bound
         ):
             # A pooled connection the peer had already closed: retry on a new connection.
-            if self.host is not None:
-                self.host.active -= 1
+            host = self.host
+            if host is not None:
+                host.active -= 1
                 self.host = None
+                if self.try_started and self.cluster is not None:
+                    # The try is over for the balancer too (PeakEWMA's pending count).
+                    self.cluster.balancer.on_finish(host, None, monotonic())
             self.pending_body = list(self.replay)
             self.tried = self.tried[:-1]
             self.down.ctx.stats.upstream_rq_retry += 1
