@@ -141,6 +141,28 @@ class H2Mesh:
         stats: dict[str, Any] = self.mesh.admin(ports, "/stats?format=json")["listeners"][listener]
         return stats
 
+    def service(
+        self, name: str, caller: str, traffic_policy: str = ""
+    ) -> tuple[Proc, dict[str, int]]:
+        """A new HTTP/1.1 Service `name` (with a DestinationRule holding `traffic_policy`,
+        if any), its app and its sidecar `name-0`, converged with the proxy `caller`."""
+        resources = (
+            "apiVersion: plait.dev/v1\nkind: Service\n"
+            f"metadata: {{name: {name}}}\n"
+            f"spec: {{selector: {{app: {name}}}, ports: [{{name: http, port: 80}}]}}\n"
+        )
+        if traffic_policy:
+            resources += (
+                "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\n"
+                f"metadata: {{name: {name}-policy}}\n"
+                f"spec: {{host: {name}, trafficPolicy: {traffic_policy}}}\n"
+            )
+        self.mesh.apply(resources)
+        _, port = self.mesh.app(name)
+        proc, ports = self.mesh.proxy(f"{name}-0", name, f"app={name}", app_port=port)
+        wait_until(lambda: self.mesh.converged({f"{name}-0", caller}), 20, "convergence")
+        return proc, ports
+
 
 @pytest.fixture(scope="module")
 def m(tmp_path_factory: pytest.TempPathFactory) -> Iterator[H2Mesh]:
@@ -234,17 +256,7 @@ def test_http1_client_over_the_h2_connection_between_proxies(m: H2Mesh) -> None:
     request alone takes pooled HTTP/1.1. web4-0 downgrades the upgraded ones for its
     HTTP/1.1 app. (An endpoint without the hint, e.g. Envoy in test_envoy_interop.py, gets
     HTTP/1.1 only.)"""
-    m.mesh.apply(
-        """
-apiVersion: plait.dev/v1
-kind: Service
-metadata: {name: web4}
-spec: {selector: {app: web4}, ports: [{name: http, port: 80}]}
-"""
-    )
-    _, port = m.mesh.app("web4")
-    _, web4 = m.mesh.proxy("web4-0", "web4", "app=web4", app_port=port)
-    wait_until(lambda: m.mesh.converged({"web4-0", "upg-0"}), 20, "convergence")
+    _, web4 = m.service("web4", "upg-0")
     wait_until(
         lambda: send_request(m.upg["outbound"], "/", headers={"host": "web4"}).status == 200,
         15,
@@ -288,24 +300,7 @@ def test_a_caller_cannot_send_the_upgrade_marker(m: H2Mesh) -> None:
 def test_destination_rule_h2_upgrade_policy_moves_http1_onto_h2(m: H2Mesh) -> None:
     """client-0 has the upgrade turned off proxy-wide; a DestinationRule with h2UpgradePolicy
     UPGRADE for `web2` still makes it carry HTTP/1.1 requests over HTTP/2 to web2-0."""
-    m.mesh.apply(
-        """
-apiVersion: plait.dev/v1
-kind: Service
-metadata: {name: web2}
-spec: {selector: {app: web2}, ports: [{name: http, port: 80}]}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: web2-upgrade}
-spec:
-  host: web2
-  trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}
-"""
-    )
-    _, port = m.mesh.app("web2")
-    _, web2 = m.mesh.proxy("web2-0", "web2", "app=web2", app_port=port)
-    wait_until(lambda: m.mesh.converged({"web2-0", "client-0"}), 20, "convergence")
+    _, web2 = m.service("web2", "client-0", "{connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}")
 
     def served() -> bool:
         r = send_request(m.client["outbound"], "/dr", headers={"host": "web2"})
@@ -324,25 +319,11 @@ def test_max_requests_per_connection_applies_to_the_h2_connection(m: H2Mesh) -> 
     """maxRequestsPerConnection 2 (as in Envoy, for HTTP/2 upstreams too): six HTTP/1.1
     requests upgraded by upg-0 (h2UpgradePolicy UPGRADE) take three connections to web3-0,
     each closed once its two streams are done."""
-    m.mesh.apply(
-        """
-apiVersion: plait.dev/v1
-kind: Service
-metadata: {name: web3}
-spec: {selector: {app: web3}, ports: [{name: http, port: 80}]}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: web3-short}
-spec:
-  host: web3
-  trafficPolicy:
-    connectionPool: {http: {maxRequestsPerConnection: 2, h2UpgradePolicy: UPGRADE}}
-"""
+    _, web3 = m.service(
+        "web3",
+        "upg-0",
+        "{connectionPool: {http: {maxRequestsPerConnection: 2, h2UpgradePolicy: UPGRADE}}}",
     )
-    _, port = m.mesh.app("web3")
-    _, web3 = m.mesh.proxy("web3-0", "web3", "app=web3", app_port=port)
-    wait_until(lambda: m.mesh.converged({"web3-0", "upg-0"}), 20, "convergence")
     wait_until(
         lambda: send_request(m.upg["outbound"], "/", headers={"host": "web3"}).status == 200,
         15,
@@ -382,24 +363,7 @@ def test_a_burst_shares_one_new_h2_connection_and_fails_together(m: H2Mesh) -> N
     """20 requests at once to a host with no HTTP/2 connection yet open one, not 20: the
     others wait for it (as Envoy's pool does). When the host is gone, the waiting ones get
     the connect failure (503 UF after retries), none hangs."""
-    m.mesh.apply(
-        """
-apiVersion: plait.dev/v1
-kind: Service
-metadata: {name: web5}
-spec: {selector: {app: web5}, ports: [{name: http, port: 80}]}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: web5-upgrade}
-spec:
-  host: web5
-  trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}
-"""
-    )
-    _, port = m.mesh.app("web5")
-    proc, web5 = m.mesh.proxy("web5-0", "web5", "app=web5", app_port=port)
-    wait_until(lambda: m.mesh.converged({"web5-0", "upg-0"}), 20, "convergence")
+    proc, web5 = m.service("web5", "upg-0", "{connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}")
     endpoint = f"127.0.0.1:{web5['inbound']}"
     # No request before the burst: it must find no HTTP/2 connection to web5-0 yet.
     wait_until(

@@ -15,7 +15,7 @@ from plait.config.snapshot import Endpoint, Node, Snapshot, SnapshotError
 from plait.config.traffic_policy import ClusterPolicy, PoolLimits
 from plait.control.compiler import Instance, compile_snapshot
 from plait.control.registry import WorkloadEntry
-from plait.proxy import h2_upstream
+from plait.proxy import upstream
 from plait.proxy.upstream import ClusterRuntime, HostRegistry
 
 SERVICE = """
@@ -90,7 +90,7 @@ def _runtime(hints: list[str], policy: str = "DEFAULT") -> ClusterRuntime:
 
 @pytest.fixture
 def shipped_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(h2_upstream, "UPGRADE_BETWEEN_PROXIES", None)
+    monkeypatch.setattr(upstream, "UPGRADE_BETWEEN_PROXIES", None)
 
 
 @pytest.mark.usefixtures("shipped_default")
@@ -105,9 +105,9 @@ def test_default_multiplexes_only_when_every_endpoint_is_a_plait_proxy() -> None
 
 
 def test_the_environment_overrides_the_hint(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(h2_upstream, "UPGRADE_BETWEEN_PROXIES", False)
+    monkeypatch.setattr(upstream, "UPGRADE_BETWEEN_PROXIES", False)
     assert not _runtime(["h2"]).h2_check
     assert _runtime(["h2"], "UPGRADE").h2_upgrade
-    monkeypatch.setattr(h2_upstream, "UPGRADE_BETWEEN_PROXIES", True)
+    monkeypatch.setattr(upstream, "UPGRADE_BETWEEN_PROXIES", True)
     forced = _runtime([""])
     assert forced.h2_upgrade and not forced.h2_multiplex

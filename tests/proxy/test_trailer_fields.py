@@ -7,8 +7,8 @@ import pytest
 
 from plait.proto.errors import HeadTooLarge
 from plait.proto.events import END_OF_STREAM, Data, RequestHead, ResponseHead, Trailers
-from plait.proto.h1 import LAST_CHUNK, RequestReader, ResponseReader
-from plait.proxy.trailers import accepts_trailers, clean, last_chunk
+from plait.proto.h1 import LAST_CHUNK, RequestReader, ResponseReader, last_chunk
+from plait.proxy.trailers import accepts_trailers, clean
 
 CHUNKED_POST = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
 

@@ -44,6 +44,7 @@ __all__ = [
     "RequestReader",
     "ResponseReader",
     "chunk",
+    "last_chunk",
     "request_head_bytes",
     "response_head_bytes",
 ]
@@ -74,6 +75,14 @@ LAST_CHUNK = b"0\r\n\r\n"
 def chunk(data: bytes) -> bytes:
     """One chunk of a chunked body (RFC 9112 section 7.1)."""
     return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def last_chunk(trailers: Headers | None) -> bytes:
+    """The end of a chunked body, carrying `trailers` as its trailer section when there are
+    any (RFC 9112 section 7.1.2)."""
+    if not trailers:
+        return LAST_CHUNK
+    return b"0\r\n" + b"".join(b"%b: %b\r\n" % field for field in trailers) + b"\r\n"
 
 
 def _framing(headers: Headers, chunked: bool, no_body: bool) -> int:

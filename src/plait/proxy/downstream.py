@@ -39,6 +39,7 @@ from plait.proto.h1 import (
     LAST_CHUNK,
     RequestReader,
     chunk,
+    last_chunk,
     request_head_bytes,
     response_head_bytes,
 )
@@ -57,7 +58,7 @@ from plait.proxy.resilience import (
     may_retry,
 )
 from plait.proxy.routing import Decision
-from plait.proxy.trailers import accepts_trailers, last_chunk
+from plait.proxy.trailers import accepts_trailers
 from plait.proxy.trailers import clean as clean_trailers
 from plait.proxy.upgrade import keep_upgrade, upgraded
 from plait.proxy.upstream import WRITE_HIGH_WATER, Host, UpstreamConnection
@@ -732,10 +733,14 @@ class Stream:
         if not fresh:
             conn = host.take_h2() if self.up_h2 else host.take_idle()
         breaker = cluster.breaker
-        if conn is None and self.up_h2 and host.h2_waiting is not None and not fresh:
-            self.wait_for_h2(host, breaker)
-            return
-        if conn is None and not (breaker.try_acquire_connection() and _pending(breaker)):
+        # Another stream is opening an HTTP/2 connection to the host: wait for it (holding a
+        # pending-request slot, as a connecting stream does, but no connection slot).
+        waits = conn is None and self.up_h2 and not fresh and host.h2_waiting is not None
+        if waits:
+            if not breaker.try_acquire_pending():
+                self.overflow()
+                return
+        elif conn is None and not (breaker.try_acquire_connection() and _pending(breaker)):
             # A new connection would pass maxConnections / http1MaxPendingRequests: refuse
             # at once rather than queue (Envoy's circuit breaking).
             self.overflow()
@@ -756,46 +761,41 @@ class Stream:
         ctx = self.down.ctx
         if not self.request_complete:
             self.down.pause_reading(PAUSE_CONNECTING)
+        if waits:
+            host.h2_waiting.append(self)  # type: ignore[union-attr]
+            return
         opens_h2 = self.up_h2 and host.h2_waiting is None
         if opens_h2:
             host.h2_waiting = []  # later streams to the host wait for this connection
         ctx.spawn(self.connect(host, opens_h2))
 
-    def wait_for_h2(self, host: Host, breaker: CircuitBreaker) -> None:
-        """Wait for the HTTP/2 connection another stream is opening to `host` (holding a
-        pending-request slot, as a connecting stream does, but no connection slot)."""
-        if not breaker.try_acquire_pending():
-            self.overflow()
-            return
-        assert self.cluster is not None and host.h2_waiting is not None
-        self.host = host
-        self.tried += (host,)
-        host.active += 1
-        host.rq_total += 1
-        self.cluster.balancer.on_start(host)
-        self.try_started = monotonic()
-        self.connecting = True
-        if not self.request_complete:
-            self.down.pause_reading(PAUSE_CONNECTING)
-        host.h2_waiting.append(self)
-
     def h2_ready(self, conn: H2UpstreamConnection | None) -> None:
         """The connection this stream waited for is up (None: it failed)."""
-        cluster = self.cluster
-        assert cluster is not None
-        cluster.breaker.release_pending()
-        self.connecting = False
-        host = self.host
+        assert self.cluster is not None
+        self.cluster.breaker.release_pending()
         if conn is not None and conn.available() and not self.finished:
+            self.connecting = False
             self.attach_h2(conn)
             return
+        self.unconnected()
+
+    def end_try(self) -> None:
+        """The current try is over without an answer: its host and the balancer know."""
+        host = self.host
         if host is not None:
+            self.host = None
             host.active -= 1
-            cluster.balancer.on_finish(host, None, monotonic())
-        self.host = None
+            if self.try_started and self.cluster is not None:
+                self.cluster.balancer.on_finish(host, None, monotonic())
+        self.try_started = 0.0
+
+    def unconnected(self) -> None:
+        """The try never got a connection: retry as the policy allows (nothing was written,
+        so whatever the method, RFC 9110 section 9.2.2), else answer 503 UF."""
+        self.connecting = False
+        self.end_try()
         if self.finished:
             return
-        # Nothing was written: safe to retry whatever the method (RFC 9110 9.2.2).
         outcome = Outcome(failure=CONNECT_FAILURE, reached_upstream=False, replayable=True)
         if not self.schedule_retry(outcome):
             self.local_reply(503, "UF")
@@ -828,20 +828,11 @@ class Stream:
         except (OSError, TimeoutError):
             breaker.release_pending()
             breaker.release_connection()
-            now = monotonic()
-            cluster.balancer.on_finish(host, None, now)
             if cluster.detector is not None:
-                cluster.detector.record(host, None, None, now)  # a gateway error (connect)
-            self.connecting = False
-            host.active -= 1
-            self.host = None
-            if self.finished:
-                return
-            ctx.stats.upstream_cx_connect_fail += 1
-            # Nothing was written: safe to retry whatever the method (RFC 9110 9.2.2).
-            outcome = Outcome(failure=CONNECT_FAILURE, reached_upstream=False, replayable=True)
-            if not self.schedule_retry(outcome):
-                self.local_reply(503, "UF")
+                cluster.detector.record(host, None, None, monotonic())  # a gateway error
+            if not self.finished:
+                ctx.stats.upstream_cx_connect_fail += 1
+            self.unconnected()
             return
         breaker.release_pending()
         conn.breaker = breaker  # its connection slot is released when it closes
@@ -1120,13 +1111,7 @@ class Stream:
             # retry policy allows (`refused-stream`: on by default, as Envoy's retry_on has it).
             refused = Outcome(failure=REFUSED_STREAM, reached_upstream=False)
             if self.schedule_retry(refused):
-                host = self.host
-                if host is not None:
-                    self.host = None
-                    host.active -= 1
-                    if self.try_started and self.cluster is not None:
-                        self.cluster.balancer.on_finish(host, None, monotonic())
-                self.try_started = 0.0
+                self.end_try()
                 self.upstream_buffer_drained()  # the refused stream's send buffer is gone
                 return
         if (
@@ -1137,13 +1122,7 @@ class Stream:
             and not self.up_h2  # a refused HTTP/2 stream: the policy above, and its bound
         ):
             # A pooled connection the peer had already closed: retry on a new connection.
-            host = self.host
-            if host is not None:
-                host.active -= 1
-                self.host = None
-                if self.try_started and self.cluster is not None:
-                    # The try is over for the balancer too (PeakEWMA's pending count).
-                    self.cluster.balancer.on_finish(host, None, monotonic())
+            self.end_try()
             self.pending_body = list(self.replay)
             self.tried = self.tried[:-1]
             self.down.ctx.stats.upstream_rq_retry += 1

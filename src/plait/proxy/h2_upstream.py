@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import ssl
 from typing import TYPE_CHECKING
 
@@ -44,7 +43,6 @@ __all__ = [
     "CLIENT_CONFIG",
     "H2UpStream",
     "H2UpstreamConnection",
-    "UPGRADE_BETWEEN_PROXIES",
     "h2_client_context",
 ]
 
@@ -54,21 +52,6 @@ CLIENT_CONFIG = H2Config(client=True, huffman=False, eager_connection_credit=Tru
 # The codec: its mypyc-compiled copy when one was built from the current source.
 CODEC: type[H2Connection] = getattr(h2_module("connection"), "H2Connection", H2Connection)
 _LOW_WATER = WRITE_HIGH_WATER // 2
-# HTTP/1.1 requests between proxies over the multiplexed HTTP/2 mTLS connection (Istio's
-# h2UpgradePolicy UPGRADE). With a DestinationRule saying neither (DEFAULT), a cluster is
-# upgraded when all its endpoints are plait proxies: only a plait peer downgrades an upgraded
-# request again (an Envoy peer with a certificate from the mesh would pass HTTP/2 on to an
-# HTTP/1.1 app), and the control plane marks the endpoints plait proxies registered with the
-# protocol hint "h2" (as Linkerd does). It pays under concurrency (bench/RESULTS.md, "HTTP/1.1
-# or HTTP/2 between the proxies"). PLAIT_H2_UPGRADE=1 or 0 forces it for a whole proxy.
-UPGRADE_BETWEEN_PROXIES: bool | None = {
-    "1": True,
-    "true": True,
-    "UPGRADE": True,
-    "0": False,
-    "false": False,
-    "DO_NOT_UPGRADE": False,
-}.get(os.environ.get("PLAIT_H2_UPGRADE", ""))
 
 
 def h2_client_context(

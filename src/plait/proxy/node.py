@@ -99,12 +99,13 @@ _FIELDS = {
 
 def _address(text: str, where: str) -> Address:
     """The proxy's own HOST:PORT parsing (a port alone is not enough here)."""
+    error = WorkloadError(f"{where}: {text!r} is not HOST:PORT")
+    if ":" not in text:
+        raise error
     try:
-        if ":" not in text:
-            raise argparse.ArgumentTypeError(text)
         return parse_address(text)
     except argparse.ArgumentTypeError:
-        raise WorkloadError(f"{where}: {text!r} is not HOST:PORT") from None
+        raise error from None
 
 
 def _source(text: str, where: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Iterable, Iterator, Mapping
@@ -69,6 +70,18 @@ async def _marked_socket(address: str, port: int) -> socket.socket:
     return sock
 
 
+# PLAIT_H2_UPGRADE=1 or 0: every HTTP/1.1 request to another proxy over HTTP/2, or none,
+# for the whole proxy (None: decided per cluster, see _h2_upgrade_modes).
+UPGRADE_BETWEEN_PROXIES: bool | None = {
+    "1": True,
+    "true": True,
+    "UPGRADE": True,
+    "0": False,
+    "false": False,
+    "DO_NOT_UPGRADE": False,
+}.get(os.environ.get("PLAIT_H2_UPGRADE", ""))
+
+
 def _h2_upgrade_modes(policy: str, hosts: tuple[Host, ...]) -> tuple[bool, bool]:
     """(upgrade every HTTP/1.1 request, upgrade those that overlap others) for a cluster.
 
@@ -78,10 +91,11 @@ def _h2_upgrade_modes(policy: str, hosts: tuple[Host, ...]) -> tuple[bool, bool]
     multiplexed HTTP/2 connection, and a lone request takes pooled HTTP/1.1: HTTP/2 between
     the proxies costs a third less CPU per request under concurrency (one write and one TLS
     record carry many streams) but more for a request alone, whose latency it adds to
-    (bench/RESULTS.md, "HTTP/1.1 or HTTP/2 between the proxies").
+    (bench/RESULTS.md, "HTTP/1.1 or HTTP/2 between the proxies"). Only a plait peer
+    downgrades an upgraded request again (an Envoy with a mesh certificate would pass HTTP/2
+    on to an HTTP/1.1 app): the control plane gives the endpoints plait proxies registered
+    the protocol hint "h2".
     """
-    from plait.proxy.h2_upstream import UPGRADE_BETWEEN_PROXIES
-
     if policy in ("UPGRADE", "DO_NOT_UPGRADE"):
         return policy == "UPGRADE", False
     if UPGRADE_BETWEEN_PROXIES is not None:

@@ -6,7 +6,8 @@ whole block, so an over-long list costs the peer one stream, not the shared tabl
 With `check_fields` it also refuses the bytes HTTP/2 forbids in fields (RFC 9113 section
 8.2.1), once per literal: an indexed field was checked when it entered the table.
 The encoder indexes every field except credentials (section 7.1.3), entries too big to be
-worth a table flush and fields that are new on every request (request ids, trace context); it signals table size changes at the start of the next block (4.2).
+worth a table flush and fields that are new on every request (request ids, trace context);
+it signals table size changes at the start of the next block (4.2).
 """
 
 from __future__ import annotations
