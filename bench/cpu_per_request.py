@@ -21,7 +21,7 @@ requests that overlap others), `plait-h2` (`--h2-upgrade`: PLAIT_H2_UPGRADE=1, e
 over one multiplexed HTTP/2 mTLS connection between the proxies), `base` and
 `base-h2` (`--base DIR`: another copy of the plait package, DIR holding `plait/`, for a
 before -> after comparison in the same minute) and `envoy` (bench/systems/envoy.py, the
-yardstick). It asserts nothing.
+yardstick) and, with `--haproxy`, `haproxy`. It asserts nothing.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from bench.pki import Pki
 from bench.procs import Processes, cpu_seconds
 from bench.systems import System, Target
 from bench.systems.envoy import EnvoyPair
+from bench.systems.haproxy import HaproxyPair
 from bench.systems.plait import PlaitPair
 from bench.upstream import Nginx
 
@@ -112,13 +113,18 @@ def codecs(source: Path | None) -> str:
     return done.stdout.strip() or f"unknown ({done.stderr.strip()[-200:]})"
 
 
-def _envoy(work: Path, upstream: int, pki: Pki) -> Started:
-    system = EnvoyPair(work, upstream, pki)
-    try:
-        return system, system.start()
-    except BaseException:
-        system.close()
-        raise
+def _peer(pair: Callable[[Path, int, Pki], System]) -> Callable[[Path, int, Pki], Started]:
+    """A factory for a peer pair (Envoy, HAProxy) measured beside plait."""
+
+    def start(work: Path, upstream: int, pki: Pki) -> Started:
+        system = pair(work, upstream, pki)
+        try:
+            return system, system.start()
+        except BaseException:
+            system.close()
+            raise
+
+    return start
 
 
 def _cpu(pids: dict[str, int]) -> dict[str, float]:
@@ -174,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only-h2", action="store_true", help="with --h2-upgrade: skip HTTP/1.1")
     p.add_argument("--base", type=Path, default=None, help="directory holding another plait/")
     p.add_argument("--no-envoy", action="store_true")
+    p.add_argument("--haproxy", action="store_true", help="also the HAProxy pair")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = p.parse_args(argv)
 
@@ -185,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.base is not None:
             factories["base" + suffix] = _plait(args.base.resolve(), h2)
     if not args.no_envoy:
-        factories["envoy"] = _envoy
+        factories["envoy"] = _peer(EnvoyPair)
+    if args.haproxy:
+        factories["haproxy"] = _peer(HaproxyPair)
     print(f"codecs: plait {codecs(None)}", flush=True)
     if args.base is not None:
         print(f"codecs: base  {codecs(args.base.resolve())}", flush=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from plait.config.snapshot import Node, Snapshot, SnapshotError
+from plait.proxy import allocator
 from plait.proxy.app import ProxyOptions, serve
 from plait.proxy.listener import ProxySettings
 from plait.proxy.tcp import parse_tcp_outbound
@@ -441,6 +442,7 @@ def run(args: argparse.Namespace) -> int:
         except node_mode.WorkloadError as exc:
             print(f"plait proxy: {exc}", file=sys.stderr)
             return 2
+    allocator.keep_tls_reads_off_mmap()
     runner: Any = asyncio.run
     if not args.no_uvloop:
         import uvloop
