@@ -192,7 +192,7 @@ class H2DownstreamConnection(asyncio.Protocol):
         "deadline",
         "deadline_kind",
         "write_paused",
-        "scheduled",
+        "events_queued",
         "original_dst",
     )
 
@@ -208,7 +208,7 @@ class H2DownstreamConnection(asyncio.Protocol):
         self.deadline = 0.0
         self.deadline_kind = 0
         self.write_paused = False
-        self.scheduled = False
+        self.events_queued = 0
         self.original_dst = b""  # "vip:port" before an iptables redirect (transparent capture)
 
     @property
@@ -402,14 +402,22 @@ class H2DownstreamConnection(asyncio.Protocol):
     def kick(self) -> None:
         """Send what the codec queued at the end of this event-loop iteration: the frames of
         every stream that moved in it (many sockets were ready at once) share one write and,
-        over TLS, one record, instead of one each."""
-        if self.scheduled or self.closed:
+        over TLS, one record, instead of one each; after `EVENTS_PER_WRITE` events the
+        frames so far go at once, so the peer starts on them while this proxy goes on."""
+        if self.closed:
             return
-        self.scheduled = True
-        self.ctx.loop.call_soon(self.flush_out)
+        kicks = self.events_queued
+        if not kicks:
+            self.ctx.loop.call_soon(self.flush_out)
+        elif kicks >= batching.EVENTS_PER_WRITE:
+            data = self.codec.data_to_send()
+            if data and self.transport is not None:
+                self.transport.write(data)
+            kicks = 0
+        self.events_queued = kicks + 1
 
     def flush_out(self) -> None:
-        self.scheduled = False
+        self.events_queued = 0
         data = self.codec.data_to_send()
         if data and not self.closed and self.transport is not None:
             self.transport.write(data)

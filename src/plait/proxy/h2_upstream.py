@@ -169,7 +169,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         "breaker",
         "idle_since",
         "loop",
-        "scheduled",
+        "events_queued",
         "served",
         "opened",
     )
@@ -184,7 +184,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.breaker: CircuitBreaker | None = None  # whose maxConnections slot it holds
         self.idle_since = 0.0
         self.loop = asyncio.get_running_loop()
-        self.scheduled = False
+        self.events_queued = 0
         self.served = 0
         self.opened = 0  # streams opened on it (maxRequestsPerConnection)
 
@@ -326,14 +326,22 @@ class H2UpstreamConnection(asyncio.Protocol):
     def kick(self) -> None:
         """Send what the codec queued at the end of this event-loop iteration: the frames of
         every stream that moved in it (many sockets were ready at once) share one write and,
-        over TLS, one record, instead of one each."""
-        if self.scheduled or self.closed:
+        over TLS, one record, instead of one each; after `EVENTS_PER_WRITE` events the
+        frames so far go at once, so the peer starts on them while this proxy goes on."""
+        if self.closed:
             return
-        self.scheduled = True
-        self.loop.call_soon(self.flush_out)
+        kicks = self.events_queued
+        if not kicks:
+            self.loop.call_soon(self.flush_out)
+        elif kicks >= batching.EVENTS_PER_WRITE:
+            data = self.codec.data_to_send()
+            if data and self.transport is not None:
+                self.transport.write(data)
+            kicks = 0
+        self.events_queued = kicks + 1
 
     def flush_out(self) -> None:
-        self.scheduled = False
+        self.events_queued = 0
         data = self.codec.data_to_send()
         if data and not self.closed and self.transport is not None:
             self.transport.write(data)
