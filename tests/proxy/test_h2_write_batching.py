@@ -2,7 +2,7 @@
 
 Why it matters: frames queued in one event-loop iteration share one write (one TLS record),
 but a whole iteration's worth in one write makes the peer proxy wait for all of it. After
-`batching.EVENTS_PER_WRITE` stream events the frames so far go at once; the rest go at the
+`batching.STREAMS_PER_WRITE` streams the frames so far go at once; the rest go at the
 end of the iteration, and every request arrives, in order, exactly once.
 """
 
@@ -33,7 +33,7 @@ class CountingTransport(Transport):
 
 
 def test_a_burst_of_streams_leaves_in_slices_and_arrives_whole() -> None:
-    burst = 3 * batching.EVENTS_PER_WRITE + 5
+    burst = 3 * batching.STREAMS_PER_WRITE + 5
 
     async def go() -> tuple[int, int, list[bytes]]:
         conn = H2UpstreamConnection(Host(Endpoint("127.0.0.1", 1)))
@@ -58,6 +58,6 @@ def test_a_burst_of_streams_leaves_in_slices_and_arrives_whole() -> None:
         return during, total, paths
 
     during, total, paths = asyncio.run(go())
-    assert during == 3  # one write per EVENTS_PER_WRITE streams, while the burst goes on
+    assert during == 3  # one write per STREAMS_PER_WRITE streams, while the burst goes on
     assert total == 4  # and the last 5 at the end of the iteration
     assert paths == [f"/item/{i}".encode() for i in range(burst)]

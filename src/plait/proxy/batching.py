@@ -10,15 +10,23 @@ from __future__ import annotations
 
 from typing import Protocol
 
-__all__ = ["EVENTS_PER_WRITE", "Batchable", "BatchedWriter", "begin", "end", "is_active", "pending"]
+__all__ = [
+    "STREAMS_PER_WRITE",
+    "Batchable",
+    "BatchedWriter",
+    "begin",
+    "end",
+    "is_active",
+    "pending",
+]
 
 # A multiplexed (HTTP/2) connection sends what its streams queued at the end of the event-loop
-# iteration, or sooner, after this many stream events. Why sooner: with 32 clients, one
-# iteration moves dozens of streams, and if all of them leave in one write the peer proxy
-# waits for the whole batch, then this proxy waits for the peer's: on two cores the pair sat
-# 20 % idle. Every 16 events costs one record and write per 16 instead of one per
-# iteration, and measured +10 % req/s (bench/RESULTS.md, "Fourth round").
-EVENTS_PER_WRITE = 16
+# iteration, or sooner, once this many streams have queued their last frame. Why sooner: with
+# 32 clients, one iteration moves dozens of streams, and if all of them leave in one write the
+# peer proxy waits for the whole batch, then this proxy waits for the peer's: on two cores the
+# pair sat 20 % idle. A write per 12 streams keeps the records few and the peer busy
+# (bench/RESULTS.md, "Fourth round").
+STREAMS_PER_WRITE = 12
 
 
 class Batchable(Protocol):

@@ -119,7 +119,7 @@ class H2DownStream:
             self.closed = True
             return
         self.ended = end
-        self.conn.kick()
+        self.conn.kick(end)
 
     def send_end(self, trailers: Headers | None) -> None:
         if self.ended or self.closed:
@@ -134,7 +134,7 @@ class H2DownStream:
         except LocalError:
             self.closed = True
             return
-        self.conn.kick()
+        self.conn.kick(True)
 
     def local_reply(
         self, status: int, flags: str, detail: bytes | None, extra: bytes, is_grpc: bool
@@ -150,7 +150,7 @@ class H2DownStream:
                 codec.send_data(self.sid, body, True)
         except LocalError:
             self.closed = True
-        self.conn.kick()
+        self.conn.kick(True)
 
     def pause_reading(self, bit: int) -> None:
         self.pause_bits |= bit
@@ -171,7 +171,7 @@ class H2DownStream:
         self.closed = True
         with contextlib.suppress(LocalError):
             self.conn.codec.reset_stream(self.sid, ErrorCode.INTERNAL_ERROR)
-        self.conn.kick()
+        self.conn.kick(True)
 
     def stream_done(self, stream: Stream, keep_alive: bool) -> None:
         self.conn.stream_done(self, stream)
@@ -192,7 +192,8 @@ class H2DownstreamConnection(asyncio.Protocol):
         "deadline",
         "deadline_kind",
         "write_paused",
-        "events_queued",
+        "scheduled",
+        "streams_unsent",
         "original_dst",
     )
 
@@ -208,7 +209,8 @@ class H2DownstreamConnection(asyncio.Protocol):
         self.deadline = 0.0
         self.deadline_kind = 0
         self.write_paused = False
-        self.events_queued = 0
+        self.scheduled = False
+        self.streams_unsent = 0  # streams whose last frame is queued, not yet written
         self.original_dst = b""  # "vip:port" before an iptables redirect (transparent capture)
 
     @property
@@ -399,25 +401,28 @@ class H2DownstreamConnection(asyncio.Protocol):
             self.deadline_kind = 2
 
     # output ------------------------------------------------------------------------------
-    def kick(self) -> None:
+    def kick(self, stream_sent: bool = False) -> None:
         """Send what the codec queued at the end of this event-loop iteration: the frames of
         every stream that moved in it (many sockets were ready at once) share one write and,
-        over TLS, one record, instead of one each; after `EVENTS_PER_WRITE` events the
-        frames so far go at once, so the peer starts on them while this proxy goes on."""
+        over TLS, one record, instead of one each. `stream_sent`: a stream's last frame is
+        queued; after `STREAMS_PER_WRITE` of them the frames so far go at once, so the peer
+        starts on them while this proxy goes on."""
         if self.closed:
             return
-        kicks = self.events_queued
-        if not kicks:
+        if not self.scheduled:
+            self.scheduled = True
             self.ctx.loop.call_soon(self.flush_out)
-        elif kicks >= batching.EVENTS_PER_WRITE:
-            data = self.codec.data_to_send()
-            if data and self.transport is not None:
-                self.transport.write(data)
-            kicks = 0
-        self.events_queued = kicks + 1
+        if stream_sent:
+            self.streams_unsent += 1
+            if self.streams_unsent >= batching.STREAMS_PER_WRITE:
+                self.write_queued()
 
     def flush_out(self) -> None:
-        self.events_queued = 0
+        self.scheduled = False
+        self.write_queued()
+
+    def write_queued(self) -> None:
+        self.streams_unsent = 0
         data = self.codec.data_to_send()
         if data and not self.closed and self.transport is not None:
             self.transport.write(data)

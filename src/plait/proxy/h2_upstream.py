@@ -122,7 +122,7 @@ class H2UpStream:
                 self.conn.codec.end_stream(self.sid)
         except LocalError:
             return
-        self.conn.kick()
+        self.conn.kick(True)
 
     def pause_reading(self) -> None:
         self.paused = True
@@ -144,7 +144,7 @@ class H2UpStream:
         with contextlib.suppress(LocalError):
             conn.codec.reset_stream(self.sid, ErrorCode.CANCEL)
         conn.forget(self)
-        conn.kick()
+        conn.kick(True)
 
     close = abort
 
@@ -169,7 +169,8 @@ class H2UpstreamConnection(asyncio.Protocol):
         "breaker",
         "idle_since",
         "loop",
-        "events_queued",
+        "scheduled",
+        "streams_unsent",
         "served",
         "opened",
     )
@@ -184,7 +185,8 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.breaker: CircuitBreaker | None = None  # whose maxConnections slot it holds
         self.idle_since = 0.0
         self.loop = asyncio.get_running_loop()
-        self.events_queued = 0
+        self.scheduled = False
+        self.streams_unsent = 0  # streams whose last frame is queued, not yet written
         self.served = 0
         self.opened = 0  # streams opened on it (maxRequestsPerConnection)
 
@@ -210,7 +212,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         handle.ended = end
         self.streams[sid] = handle
         self.opened += 1
-        self.kick()
+        self.kick(end)
         return handle
 
     def forget(self, handle: H2UpStream) -> None:
@@ -323,25 +325,28 @@ class H2UpstreamConnection(asyncio.Protocol):
                 handle.stream.upstream_buffer_drained()
 
     # output ------------------------------------------------------------------------------
-    def kick(self) -> None:
+    def kick(self, stream_sent: bool = False) -> None:
         """Send what the codec queued at the end of this event-loop iteration: the frames of
         every stream that moved in it (many sockets were ready at once) share one write and,
-        over TLS, one record, instead of one each; after `EVENTS_PER_WRITE` events the
-        frames so far go at once, so the peer starts on them while this proxy goes on."""
+        over TLS, one record, instead of one each. `stream_sent`: a stream's last frame is
+        queued; after `STREAMS_PER_WRITE` of them the frames so far go at once, so the peer
+        starts on them while this proxy goes on."""
         if self.closed:
             return
-        kicks = self.events_queued
-        if not kicks:
+        if not self.scheduled:
+            self.scheduled = True
             self.loop.call_soon(self.flush_out)
-        elif kicks >= batching.EVENTS_PER_WRITE:
-            data = self.codec.data_to_send()
-            if data and self.transport is not None:
-                self.transport.write(data)
-            kicks = 0
-        self.events_queued = kicks + 1
+        if stream_sent:
+            self.streams_unsent += 1
+            if self.streams_unsent >= batching.STREAMS_PER_WRITE:
+                self.write_queued()
 
     def flush_out(self) -> None:
-        self.events_queued = 0
+        self.scheduled = False
+        self.write_queued()
+
+    def write_queued(self) -> None:
+        self.streams_unsent = 0
         data = self.codec.data_to_send()
         if data and not self.closed and self.transport is not None:
             self.transport.write(data)
