@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["Processes", "cpu_seconds", "rss_kib"]
+__all__ = ["Processes", "cpu_seconds", "cpu_split", "rss_kib"]
 
 # Resolved here, not in the child: after fork only async-signal-safe work is wise.
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
@@ -40,8 +40,15 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time `pid` has used so far (/proc/PID/stat fields 14 and 15)."""
+    user, system = cpu_split(pid)
+    return user + system
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds `pid` has used so far: what runs in the process (Python,
+    OpenSSL, the event loop) apart from what the kernel does for it (sockets, loopback)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    return int(fields[11]) / _TICK, int(fields[12]) / _TICK
 
 
 class Processes:

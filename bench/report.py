@@ -237,9 +237,18 @@ def _cpu_table(summary: Summary, labels: dict[str, str]) -> str:
         cpu = summary.get(system, {}).get("cpu_us")
         if cpu is None:
             continue
-        rows.append([label] + [_cell(cpu.get(role), 1) for role in ("client", "server")])
+        user = summary.get(system, {}).get("cpu_user_us", {})
+        cells = [_cell(s.get(role), 1) for role in ("client", "server") for s in (cpu, user)]
+        rows.append([label, *cells])
     return _table(
-        ["system", "client-side proxy, us/request", "server-side proxy, us/request"], rows
+        [
+            "system",
+            "client-side proxy, us/request",
+            "of which user space",
+            "server-side proxy, us/request",
+            "of which user space",
+        ],
+        rows,
     )
 
 
@@ -304,7 +313,9 @@ def write(
         "User + system CPU seconds each proxy process used during `wrk -c32`, divided by the "
         "requests wrk completed (/proc/PID/stat). It depends much less than req/s on what "
         "else the machine runs (though a busy machine still inflates it by 10-30 %), so it is "
-        "the figure to watch when optimising. At 10,000 req/s a proxy has 100 us per request.\n",
+        "the figure to watch when optimising. At 10,000 req/s a proxy has 100 us per request. "
+        '"of which user space": the process\'s own code (for plait: Python, the event loop, '
+        "OpenSSL); the rest is the kernel working for it (sockets, the loopback).\n",
         _cpu_table(summary, labels),
         "## Against the targets of issue 6\n",
         _table(

@@ -39,7 +39,7 @@ from pathlib import Path
 from bench import report, tools
 from bench.load import IdleConnections, RssSampler, open_loop, wrk
 from bench.pki import Pki
-from bench.procs import Processes, cpu_seconds, rss_kib
+from bench.procs import Processes, cpu_split, rss_kib
 from bench.systems import System, Target, all_systems
 from bench.upstream import BODY_16K_PATH, Nginx
 
@@ -77,19 +77,23 @@ def measure(system: System, target: Target, s: Settings, out: report.Samples) ->
         out.add("rss_idle", {role: _mib(rss_kib(pid)) for role, pid in pids.items()})
     wrk(target, 8, s.warmup)  # warm-up: pools, caches, JITs there are none of
     out.add("c1", wrk(target, 1, s.seconds))
-    cpu_before = {role: cpu_seconds(pid) for role, pid in pids.items()}
+    cpu_before = {role: cpu_split(pid) for role, pid in pids.items()}
     with RssSampler(pids) as sampler:
         c32 = wrk(target, 32, s.seconds)
     out.add("c32", c32)
     if pids:
         out.add("rss_load", {role: _mib(kib) for role, kib in sampler.peak_kib.items()})
-        # CPU time per request: what a request costs a proxy, whatever else the machine runs
+        # CPU time per request: what a request costs a proxy, whatever else the machine runs;
+        # and of it, the part in user space (the rest is the kernel's, sockets and loopback).
+        cpu_after = {role: cpu_split(pid) for role, pid in pids.items()}
+        per_request = 1e6 / c32["requests"]
         out.add(
             "cpu_us",
-            {
-                role: (cpu_seconds(pid) - cpu_before[role]) / c32["requests"] * 1e6
-                for role, pid in pids.items()
-            },
+            {role: (sum(cpu_after[role]) - sum(cpu_before[role])) * per_request for role in pids},
+        )
+        out.add(
+            "cpu_user_us",
+            {role: (cpu_after[role][0] - cpu_before[role][0]) * per_request for role in pids},
         )
     out.add("c32_16k", wrk(target, 32, s.seconds_16k, BODY_16K_PATH))
     out.add("rate", open_loop(target, s.rate, s.rate_seconds, warmup=1.0))
