@@ -196,10 +196,10 @@ class H2Client:
             sid = getattr(event, "stream_id", 0)
             response = self.responses.get(sid)
             if isinstance(event, h2.events.ResponseReceived) and response is not None:
-                response.headers = dict(event.headers)
+                response.headers = dict(event.headers)  # type: ignore[arg-type]  # str: utf-8
                 response.status = int(response.headers[":status"])
             elif isinstance(event, h2.events.TrailersReceived) and response is not None:
-                response.trailers = dict(event.headers)
+                response.trailers = dict(event.headers)  # type: ignore[arg-type]  # str: utf-8
             elif isinstance(event, h2.events.DataReceived):
                 if response is not None:
                     response.body += event.data

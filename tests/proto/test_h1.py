@@ -14,6 +14,7 @@ from plait.proto.events import (
     Data,
     RequestHead,
     ResponseHead,
+    Trailers,
 )
 from plait.proto.h1 import (
     LAST_CHUNK,
@@ -51,13 +52,15 @@ def test_head_split_across_feeds() -> None:
     assert events[-1] is END_OF_STREAM
 
 
-def test_chunked_request_is_dechunked_and_trailers_dropped() -> None:
+def test_chunked_request_is_dechunked_and_its_trailers_come_apart_from_the_head() -> None:
     raw = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\n"
     events = RequestReader().feed(raw)
     assert events[0].framing == CHUNKED
     assert body_of(events) == b"abcde"
-    assert events[-1] is END_OF_STREAM
     assert (b"x-t", b"1") not in events[0].headers
+    trailers = events[-2]
+    assert isinstance(trailers, Trailers) and trailers.headers == [(b"x-t", b"1")]
+    assert events[-1] is END_OF_STREAM
 
 
 def test_pipelined_requests_come_out_in_order() -> None:
