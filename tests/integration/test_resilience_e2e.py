@@ -347,17 +347,26 @@ def test_least_request_avoids_an_endpoint_holding_stuck_requests(
         proxy = proxies.start(
             snapshot([apps[0].port, apps[1].port, stuck.port], {})
         )  # LEAST_REQUEST
-        # Pin requests on the stuck endpoint: each waits 5 s there.
-        hung = [
-            threading.Thread(
-                target=lambda: httpx.get(proxy.url() + "/x", headers={"host": "web"}, timeout=10)
-            )
-            for _ in range(6)
-        ]
-        for t in hung:
-            t.start()
-        time.sleep(1.0)
+        # Pin requests on the stuck endpoint: each waits 5 s there. P2C breaks ties at random,
+        # so a wave of 6 misses it now and then (about (2/3)^6 when they arrive apart, as on
+        # a busy machine); send waves until one sticks.
+        hung: list[threading.Thread] = []
+        deadline = time.monotonic() + 10
+        while not stuck.count and time.monotonic() < deadline:
+            wave = [
+                threading.Thread(
+                    target=lambda: httpx.get(
+                        proxy.url() + "/x", headers={"host": "web"}, timeout=10
+                    )
+                )
+                for _ in range(6)
+            ]
+            for t in wave:
+                t.start()
+            hung += wave
+            time.sleep(1.0)
         pinned = stuck.count
+        assert pinned, "no request reached the stuck endpoint"
         with httpx.Client(base_url=proxy.url(), headers={"host": "web"}, timeout=10) as c:
             for _ in range(40):
                 assert c.get("/x").status_code == 200
