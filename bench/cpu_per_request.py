@@ -84,13 +84,18 @@ def _plait(source: Path | None, h2: bool) -> Callable[[Path, int, Pki], Started]
         if source is not None:
             path = os.pathsep.join([str(source), *filter(None, [path])])
         with _environment(PLAIT_H2_UPGRADE="1" if h2 else None, PYTHONPATH=path):
-            try:
-                return system, system.start()
-            except BaseException:
-                system.close()
-                raise
+            return _started(system)
 
     return start
+
+
+def _started(system: System) -> Started:
+    """Start `system`; if it cannot come up, stop what it spawned."""
+    try:
+        return system, system.start()
+    except BaseException:
+        system.close()
+        raise
 
 
 _CODECS = """
@@ -117,12 +122,7 @@ def _peer(pair: Callable[[Path, int, Pki], System]) -> Callable[[Path, int, Pki]
     """A factory for a peer pair (Envoy, HAProxy) measured beside plait."""
 
     def start(work: Path, upstream: int, pki: Pki) -> Started:
-        system = pair(work, upstream, pki)
-        try:
-            return system, system.start()
-        except BaseException:
-            system.close()
-            raise
+        return _started(pair(work, upstream, pki))
 
     return start
 

@@ -8,12 +8,14 @@ a connect task) goes out at once, so nothing can be left waiting for a flush.
 
 from __future__ import annotations
 
-from typing import Protocol
+import asyncio
+from typing import Any, Protocol
 
 __all__ = [
     "STREAMS_PER_WRITE",
     "Batchable",
     "BatchedWriter",
+    "MultiplexedWriter",
     "begin",
     "end",
     "is_active",
@@ -89,3 +91,44 @@ class BatchedWriter:
             out.clear()
             if not self.closed and self.transport is not None:
                 self.transport.write(data)  # type: ignore[attr-defined]
+
+
+class MultiplexedWriter:
+    """Mixin for an HTTP/2 connection (with `codec`, `transport`, `closed` and `loop`): what
+    its streams queue in the codec leaves in one
+    write at the end of the event-loop iteration, or once `STREAMS_PER_WRITE` streams have
+    queued their last frame."""
+
+    __slots__ = ("scheduled", "streams_unsent")
+    scheduled: bool  # a flush is due at the end of this iteration
+    streams_unsent: int  # streams whose last frame is queued, not yet written
+    codec: Any
+    transport: asyncio.Transport | None
+    closed: bool
+    loop: asyncio.AbstractEventLoop
+
+    def kick(self, stream_sent: bool = False) -> None:
+        """Send what the codec queued at the end of this event-loop iteration: the frames of
+        every stream that moved in it (many sockets were ready at once) share one write and,
+        over TLS, one record, instead of one each. `stream_sent`: a stream's last frame is
+        queued; after `STREAMS_PER_WRITE` of them the frames so far go at once, so the peer
+        starts on them while this proxy goes on."""
+        if self.closed:
+            return
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.flush_out)
+        if stream_sent:
+            self.streams_unsent += 1
+            if self.streams_unsent >= STREAMS_PER_WRITE:
+                self.write_queued()
+
+    def flush_out(self) -> None:
+        self.scheduled = False
+        self.write_queued()
+
+    def write_queued(self) -> None:
+        self.streams_unsent = 0
+        data = self.codec.data_to_send()
+        if data and not self.closed and self.transport is not None:
+            self.transport.write(data)

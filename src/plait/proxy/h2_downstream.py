@@ -177,11 +177,12 @@ class H2DownStream:
         self.conn.stream_done(self, stream)
 
 
-class H2DownstreamConnection(asyncio.Protocol):
+class H2DownstreamConnection(batching.MultiplexedWriter, asyncio.Protocol):
     """One HTTP/2 client connection on a listener; each stream is a `Stream`."""
 
     __slots__ = (
         "ctx",
+        "loop",
         "transport",
         "codec",
         "streams",
@@ -192,13 +193,12 @@ class H2DownstreamConnection(asyncio.Protocol):
         "deadline",
         "deadline_kind",
         "write_paused",
-        "scheduled",
-        "streams_unsent",
         "original_dst",
     )
 
     def __init__(self, ctx: ListenerContext) -> None:
         self.ctx = ctx
+        self.loop = ctx.loop
         self.transport: asyncio.Transport | None = None
         self.codec = CODEC(SERVER_CONFIG)
         self.streams: dict[int, H2DownStream] = {}
@@ -210,7 +210,7 @@ class H2DownstreamConnection(asyncio.Protocol):
         self.deadline_kind = 0
         self.write_paused = False
         self.scheduled = False
-        self.streams_unsent = 0  # streams whose last frame is queued, not yet written
+        self.streams_unsent = 0
         self.original_dst = b""  # "vip:port" before an iptables redirect (transparent capture)
 
     @property
@@ -400,34 +400,7 @@ class H2DownstreamConnection(asyncio.Protocol):
             self.deadline = ctx.loop.time() + ctx.settings.idle_timeout
             self.deadline_kind = 2
 
-    # output ------------------------------------------------------------------------------
-    def kick(self, stream_sent: bool = False) -> None:
-        """Send what the codec queued at the end of this event-loop iteration: the frames of
-        every stream that moved in it (many sockets were ready at once) share one write and,
-        over TLS, one record, instead of one each. `stream_sent`: a stream's last frame is
-        queued; after `STREAMS_PER_WRITE` of them the frames so far go at once, so the peer
-        starts on them while this proxy goes on."""
-        if self.closed:
-            return
-        if not self.scheduled:
-            self.scheduled = True
-            self.ctx.loop.call_soon(self.flush_out)
-        if stream_sent:
-            self.streams_unsent += 1
-            if self.streams_unsent >= batching.STREAMS_PER_WRITE:
-                self.write_queued()
-
-    def flush_out(self) -> None:
-        self.scheduled = False
-        self.write_queued()
-
-    def write_queued(self) -> None:
-        self.streams_unsent = 0
-        data = self.codec.data_to_send()
-        if data and not self.closed and self.transport is not None:
-            self.transport.write(data)
-
-    # lifecycle ---------------------------------------------------------------------------
+    # lifecycle (output: kick, flush_out from batching.MultiplexedWriter) ----------------
     def drain(self) -> None:
         """Drain: GOAWAY now; streams in flight finish, then the connection closes."""
         if self.closed:

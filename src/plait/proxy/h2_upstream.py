@@ -156,7 +156,7 @@ class H2UpStream:
             self.abort()
 
 
-class H2UpstreamConnection(asyncio.Protocol):
+class H2UpstreamConnection(batching.MultiplexedWriter, asyncio.Protocol):
     """One HTTP/2 connection to a host; many streams at once."""
 
     __slots__ = (
@@ -169,8 +169,6 @@ class H2UpstreamConnection(asyncio.Protocol):
         "breaker",
         "idle_since",
         "loop",
-        "scheduled",
-        "streams_unsent",
         "served",
         "opened",
     )
@@ -186,7 +184,7 @@ class H2UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.loop = asyncio.get_running_loop()
         self.scheduled = False
-        self.streams_unsent = 0  # streams whose last frame is queued, not yet written
+        self.streams_unsent = 0
         self.served = 0
         self.opened = 0  # streams opened on it (maxRequestsPerConnection)
 
@@ -324,33 +322,7 @@ class H2UpstreamConnection(asyncio.Protocol):
             if handle.stream is not None and not handle.full:
                 handle.stream.upstream_buffer_drained()
 
-    # output ------------------------------------------------------------------------------
-    def kick(self, stream_sent: bool = False) -> None:
-        """Send what the codec queued at the end of this event-loop iteration: the frames of
-        every stream that moved in it (many sockets were ready at once) share one write and,
-        over TLS, one record, instead of one each. `stream_sent`: a stream's last frame is
-        queued; after `STREAMS_PER_WRITE` of them the frames so far go at once, so the peer
-        starts on them while this proxy goes on."""
-        if self.closed:
-            return
-        if not self.scheduled:
-            self.scheduled = True
-            self.loop.call_soon(self.flush_out)
-        if stream_sent:
-            self.streams_unsent += 1
-            if self.streams_unsent >= batching.STREAMS_PER_WRITE:
-                self.write_queued()
-
-    def flush_out(self) -> None:
-        self.scheduled = False
-        self.write_queued()
-
-    def write_queued(self) -> None:
-        self.streams_unsent = 0
-        data = self.codec.data_to_send()
-        if data and not self.closed and self.transport is not None:
-            self.transport.write(data)
-
+    # output (kick, flush_out: batching.MultiplexedWriter) --------------------------------
     def close(self) -> None:
         """GOAWAY and close; streams still on it fail as a closed connection does."""
         if not self.closed and self.transport is not None:
