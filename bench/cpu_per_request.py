@@ -1,7 +1,8 @@
 """CPU time per request per proxy: plait pair against the Envoy pair, in the same minute.
 
     python -m bench.cpu_per_request [--seconds 3] [--rounds 6] [--h2-upgrade]
-                                    [--base SRC] [--no-envoy] [--keep]
+                                    [--base SRC] [--no-envoy] [--haproxy] [--relay]
+                                    [--keep]
 
 Throughput on a shared machine says more about the neighbours than about the proxy; CPU time
 per request does not (much): each proxy's utime+stime from /proc/PID/stat, read before and
@@ -21,7 +22,10 @@ requests that overlap others), `plait-h2` (`--h2-upgrade`: PLAIT_H2_UPGRADE=1, e
 over one multiplexed HTTP/2 mTLS connection between the proxies), `base` and
 `base-h2` (`--base DIR`: another copy of the plait package, DIR holding `plait/`, for a
 before -> after comparison in the same minute) and `envoy` (bench/systems/envoy.py, the
-yardstick) and, with `--haproxy`, `haproxy`. It asserts nothing.
+yardstick) and, with `--haproxy`, `haproxy`; with `--relay`, `relay` and `relay-plain`
+(bench/relay.py: a featureless uvloop + httptools pair, with mTLS and without: the ceiling
+of a Python pair). The "pair, user space" column is the pair's CPU outside the kernel (not
+idle-corrected). It asserts nothing.
 """
 
 from __future__ import annotations
@@ -40,11 +44,12 @@ from pathlib import Path
 
 from bench.load import wrk
 from bench.pki import Pki
-from bench.procs import Processes, cpu_seconds
+from bench.procs import Processes, cpu_split
 from bench.systems import System, Target
 from bench.systems.envoy import EnvoyPair
 from bench.systems.haproxy import HaproxyPair
 from bench.systems.plait import PlaitPair
+from bench.systems.relay import PlainRelayPair, RelayPair
 from bench.upstream import Nginx
 
 __all__ = ["main"]
@@ -127,8 +132,8 @@ def _peer(pair: Callable[[Path, int, Pki], System]) -> Callable[[Path, int, Pki]
     return start
 
 
-def _cpu(pids: dict[str, int]) -> dict[str, float]:
-    return {role: cpu_seconds(pid) for role, pid in pids.items()}
+def _cpu(pids: dict[str, int]) -> dict[str, tuple[float, float]]:
+    return {role: cpu_split(pid) for role, pid in pids.items()}
 
 
 def measure(
@@ -138,18 +143,20 @@ def measure(
     idle: dict[str, float],
     connections: int = CONNECTIONS,
 ) -> dict[str, float]:
-    """One wrk run: us of CPU per request for each proxy (idle rate subtracted), and req/s."""
+    """One wrk run: us of CPU per request for each proxy (idle rate subtracted), of which
+    user space (`ROLE-user`: the proxy's own code, OpenSSL, the event loop), and req/s."""
     before, t0 = _cpu(pids), time.monotonic()
     result = wrk(target, connections, seconds)
     after, elapsed = _cpu(pids), time.monotonic() - t0
     requests = result["requests"]
     if not requests or result["errors"]:
         raise RuntimeError(f"wrk: {requests} requests, {result['errors']} errors")
-    out = {
-        role: max(0.0, after[role] - before[role] - idle[role] * elapsed) / requests * 1e6
-        for role in pids
-    }
-    out["rps"] = result["rps"]
+    out: dict[str, float] = {"rps": result["rps"]}
+    for role in pids:
+        user = after[role][0] - before[role][0]
+        total = user + after[role][1] - before[role][1]
+        out[role] = max(0.0, total - idle[role] * elapsed) / requests * 1e6
+        out[f"{role}-user"] = user / requests * 1e6
     return out
 
 
@@ -158,7 +165,7 @@ def idle_rates(pids: dict[str, int], seconds: float) -> dict[str, float]:
     before = _cpu(pids)
     time.sleep(seconds)
     after = _cpu(pids)
-    return {role: (after[role] - before[role]) / seconds for role in pids}
+    return {role: (sum(after[role]) - sum(before[role])) / seconds for role in pids}
 
 
 def _fmt(values: list[float], digits: int = 0) -> str:
@@ -181,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", type=Path, default=None, help="directory holding another plait/")
     p.add_argument("--no-envoy", action="store_true")
     p.add_argument("--haproxy", action="store_true", help="also the HAProxy pair")
+    p.add_argument(
+        "--relay", action="store_true", help="also the bare relay pair, with mTLS and without"
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = p.parse_args(argv)
 
@@ -195,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         factories["envoy"] = _peer(EnvoyPair)
     if args.haproxy:
         factories["haproxy"] = _peer(HaproxyPair)
+    if args.relay:
+        factories["relay"] = _peer(RelayPair)
+        factories["relay-plain"] = _peer(PlainRelayPair)
     print(f"codecs: plait {codecs(None)}", flush=True)
     if args.base is not None:
         print(f"codecs: base  {codecs(args.base.resolve())}", flush=True)
@@ -228,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                 m = measure(target, pids, args.seconds, idle[name], args.connections)
                 samples[name].append(m)
                 print(
-                    f"  [{round_ + 1}/{args.rounds}] {name:8s} client {m['client']:6.1f} us  "
+                    f"  [{round_ + 1}/{args.rounds}] {name:11s} client {m['client']:6.1f} us  "
                     f"server {m['server']:6.1f} us  {m['rps']:8.0f} req/s",
                     flush=True,
                 )
@@ -244,13 +257,14 @@ def main(argv: list[str] | None = None) -> int:
         f"\nCPU us per request, median (min-max) of {args.rounds}; load average after {load[0]:.2f}"
     )
     print(
-        f"{'system':10s} {'client proxy':>20s} {'server proxy':>20s} {'pair':>20s} {'req/s':>20s}"
-        f" {'pair / ' + reference:>22s}"
+        f"{'system':11s} {'client proxy':>20s} {'server proxy':>20s} {'pair':>20s}"
+        f" {'pair, user space':>20s} {'req/s':>20s} {'pair / ' + reference:>22s}"
     )
     for name, runs in samples.items():
         client = [r["client"] for r in runs]
         server = [r["server"] for r in runs]
         pair = [r["client"] + r["server"] for r in runs]
+        user = [r["client-user"] + r["server-user"] for r in runs]
         rps = [r["rps"] for r in runs]
         # Per round, against the reference measured beside it: steadier than the medians
         # when the machine's speed drifts between rounds.
@@ -259,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
             for r, b in zip(runs, samples[reference], strict=True)
         ]
         print(
-            f"{name:10s} {_fmt(client, 1):>20s} {_fmt(server, 1):>20s} {_fmt(pair, 1):>20s} "
-            f"{_fmt(rps):>20s} {_fmt(ratios, 3):>22s}"
+            f"{name:11s} {_fmt(client, 1):>20s} {_fmt(server, 1):>20s} {_fmt(pair, 1):>20s} "
+            f"{_fmt(user, 1):>20s} {_fmt(rps):>20s} {_fmt(ratios, 3):>22s}"
         )
     return 0
 

@@ -23,6 +23,7 @@ from bench.net import get  # noqa: E402
 from bench.pki import Pki  # noqa: E402
 from bench.procs import Processes  # noqa: E402
 from bench.systems import all_systems  # noqa: E402
+from bench.systems.relay import PlainRelayPair, RelayPair  # noqa: E402
 from bench.upstream import BODY_16K_PATH, Nginx  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -53,6 +54,20 @@ def test_requests_through_each_system_succeed(name: str, upstream: tuple[Path, N
         assert result["errors"] == 0 and result["requests"] > 0
         for role, pid in system.proxies().items():
             assert Path(f"/proc/{pid}").exists(), f"{name} {role} proxy is not running"
+
+
+@pytest.mark.parametrize("pair", [RelayPair, PlainRelayPair], ids=["mtls", "plain"])
+def test_the_bare_relay_yardstick_relays_requests_and_bodies(
+    pair: type[RelayPair], upstream: tuple[Path, Nginx, Pki]
+) -> None:
+    """bench/relay.py, measured by `bench.cpu_per_request --relay`, relays what it is sent."""
+    work, nginx, pki = upstream
+    with pair(work, nginx.port, pki) as system:
+        target = system.start()
+        for _ in range(3):
+            assert get(target.port, "/", target.host) == (200, b"hello world\n")
+        status, body = get(target.port, BODY_16K_PATH, target.host)
+        assert status == 200 and len(body) == 16384
 
 
 def test_wrk_output_is_parsed() -> None:
