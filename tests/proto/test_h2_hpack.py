@@ -363,3 +363,17 @@ def test_decoder_checks_literals_but_still_indexes_them() -> None:
     with pytest.raises(H2StreamError):
         decoder.decode(encoder.encode([(b"x-a", b"bad\r\nvalue"), (b"x-b", b"ok")]))
     assert decoder.decode(encoder.encode([(b"x-b", b"ok")])) == [(b"x-b", b"ok")]
+
+
+def test_literal_strings_are_coded_once_and_the_cache_stays_bounded() -> None:
+    from plait.proto.h2 import hpack as ours
+
+    request_id = [(b"x-request-id", b"%032x" % n) for n in range(3)]  # a literal name each time
+    blocks = [Encoder().encode([field]) for field in request_id]
+    again = [Encoder().encode([field]) for field in request_id]  # now from the cache
+    assert blocks == again
+    assert [hpack.Decoder().decode(b, raw=True) for b in again] == [[f] for f in request_id]
+    assert b"x-request-id" not in blocks[0]  # the name is Huffman-coded
+    for n in range(3000):  # many distinct names: the cache is emptied, never past its bound
+        Encoder().encode([(b"x-name-%d" % n, b"v")])
+        assert len(ours._HUFFMAN_ENCODED) <= ours._HUFFMAN_CACHED_MAX

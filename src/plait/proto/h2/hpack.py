@@ -12,6 +12,8 @@ it signals table size changes at the start of the next block (4.2).
 
 from __future__ import annotations
 
+from typing import cast
+
 from plait.proto.h2 import huffman
 from plait.proto.h2.errors import CompressionError, H2StreamError, HeaderListTooLarge
 
@@ -117,10 +119,12 @@ _GOOD_NAMES: set[bytes] = set()
 _GOOD_NAMES_MAX = 4096
 
 # Huffman-coded strings repeat (a peer that does not index `server: nginx` or a `date` of the
-# same second sends the same bytes every time): short ones are decoded once per process. The
-# cache is bounded (emptied when full: at most 1,024 strings of 64 bytes) and holds only what
-# `huffman.decode` accepted.
+# same second sends the same bytes every time): short ones are decoded once per process, and
+# short ones we send are coded once (the name `x-request-id`, a literal on every request).
+# Each cache is bounded (emptied when full: at most 1,024 strings of 64 bytes); the decoded
+# one holds only what `huffman.decode` accepted, the encoded one whole string literals.
 _HUFFMAN_DECODED: dict[bytes, bytes] = {}
+_HUFFMAN_ENCODED: dict[bytes, bytes] = {}
 _HUFFMAN_CACHED_LENGTH = 64
 _HUFFMAN_CACHED_MAX = 1024
 
@@ -358,11 +362,13 @@ class Encoder:
     )
 
     def __init__(self, max_table_size: int = DEFAULT_TABLE_SIZE) -> None:
-        self._entries: list[Field] = []  # oldest first
+        self._entries: list[object] = []  # oldest first (boxed: see _fields)
         self._size = 0
         self._inserted = 0  # entries ever added: the newest has absolute id _inserted - 1
         # Field or name -> absolute id of its newest entry; static ones as -index.
-        self._fields: dict[Field, int] = dict(_STATIC_FIELDS)
+        # Keyed by the caller's own tuples, kept boxed (`object`): typed `tuple[bytes, bytes]`,
+        # mypyc would unbox each field and box it again, a new tuple to hash, per lookup.
+        self._fields: dict[object, int] = dict(_STATIC_FIELDS)
         self._names: dict[bytes, int] = dict(_STATIC_NAMES)
         self._pending_min = -1  # smallest size set since the last block, -1: none
         self._pending = -1
@@ -390,7 +396,8 @@ class Encoder:
             _put_int(out, self._pending, 5, 0x20)
             self._pending = self._pending_min = -1
         fields = self._fields
-        for field in headers:
+        boxed: list[object] = headers  # type: ignore[assignment]  # see _fields
+        for field in boxed:
             found = fields.get(field)
             if found is not None:
                 index = -found if found < 0 else self._inserted - found + _STATIC_COUNT
@@ -399,7 +406,7 @@ class Encoder:
                 else:
                     _put_int(out, index, 7, 0x80)
                 continue
-            name, value = field
+            name, value = cast(Field, field)
             found = self._names.get(name)
             name_index = 0 if found is None else self._index(found)
             size = len(name) + len(value) + 32
@@ -410,7 +417,7 @@ class Encoder:
                 _put_int(out, name_index, 4, 0x00)  # would churn the table, or flush most of it
             else:
                 _put_int(out, name_index, 6, 0x40)
-                self._add(field, size)
+                self._add(field, name, size)
             if not name_index:
                 _put_str(out, name, huffman_coding)
             _put_str(out, value, huffman_coding and not unique)
@@ -420,43 +427,61 @@ class Encoder:
         """Wire index of a static (-index) or dynamic (absolute id) entry."""
         return -found if found < 0 else self._inserted - found + _STATIC_COUNT
 
-    def _add(self, field: Field, size: int) -> None:
+    def _add(self, field: object, name: bytes, size: int) -> None:
         self._evict(self.max_table_size - size)
         abs_id = self._inserted
         self._inserted += 1
         self._entries.append(field)
         self._size += size
         self._fields[field] = abs_id
-        current = self._names.get(field[0])
+        current = self._names.get(name)
         if current is None or current >= 0:
-            self._names[field[0]] = abs_id
+            self._names[name] = abs_id
 
     def _evict(self, target: int) -> None:
         entries = self._entries
         while self._size > target:
             abs_id = self._inserted - len(entries)
             field = entries.pop(0)
-            self._size -= _entry_size(field)
+            name, value = cast(Field, field)
+            self._size -= len(name) + len(value) + 32
             if self._fields.get(field) == abs_id:
                 del self._fields[field]
-            if self._names.get(field[0]) == abs_id:
-                del self._names[field[0]]
+            if self._names.get(name) == abs_id:
+                del self._names[name]
 
 
 def _put_str(out: bytearray, data: bytes, huffman_coding: bool) -> None:
     """Section 5.2: Huffman-coded unless that is longer."""
     if huffman_coding and data:
-        length = huffman.encoded_length(data)
-        if length <= len(data):  # ties too, as RFC 7541 Appendix C.6 does
-            _put_int(out, length, 7, 0x80)
-            out += huffman.encode(data)
-            return
+        coded = _HUFFMAN_ENCODED.get(data)
+        if coded is None:
+            coded = _string_literal(data)
+            if len(data) <= _HUFFMAN_CACHED_LENGTH:
+                if len(_HUFFMAN_ENCODED) >= _HUFFMAN_CACHED_MAX:
+                    _HUFFMAN_ENCODED.clear()
+                _HUFFMAN_ENCODED[data] = coded
+        out += coded
+        return
     _put_int(out, len(data), 7, 0)
     out += data
 
 
-def _static_maps() -> tuple[dict[Field, int], dict[bytes, int]]:
-    fields: dict[Field, int] = {}
+def _string_literal(data: bytes) -> bytes:
+    """A string literal (length prefix included), Huffman-coded unless that is longer."""
+    out = bytearray()
+    length = huffman.encoded_length(data)
+    if length <= len(data):  # ties too, as RFC 7541 Appendix C.6 does
+        _put_int(out, length, 7, 0x80)
+        out += huffman.encode(data)
+    else:
+        _put_int(out, len(data), 7, 0)
+        out += data
+    return bytes(out)
+
+
+def _static_maps() -> tuple[dict[object, int], dict[bytes, int]]:
+    fields: dict[object, int] = {}
     names: dict[bytes, int] = {}
     for i, field in enumerate(STATIC_TABLE, 1):
         fields.setdefault(field, -i)
