@@ -74,6 +74,7 @@ class Accepted(asyncio.Protocol):
         self.requests = Relay(responses=False, add_request_id=client_side)
         self.early: list[bytes] | None = []
         self.next_hop: asyncio.BaseTransport | None = None
+        self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         asyncio.get_running_loop().create_task(self.connect(transport))  # type: ignore[arg-type]
@@ -83,12 +84,15 @@ class Accepted(asyncio.Protocol):
         responses.out = transport
         loop = asyncio.get_running_loop()
         next_hop, _ = await loop.create_connection(
-            lambda: Upstream(responses),
+            lambda: Upstream(responses, transport),
             "127.0.0.1",
             self.next_port,
             ssl=self.tls,
             server_hostname="relay" if self.tls is not None else None,
         )
+        if self.closed:  # the client left while we connected
+            next_hop.close()
+            return
         self.next_hop = next_hop
         self.requests.out = next_hop
         early, self.early = self.early or [], None
@@ -102,16 +106,23 @@ class Accepted(asyncio.Protocol):
             self.requests.parser.feed_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
         if self.next_hop is not None:
             self.next_hop.close()
 
 
 class Upstream(asyncio.Protocol):
-    def __init__(self, responses: Relay) -> None:
+    """The next hop's connection: responses go back to the client's (closed with it)."""
+
+    def __init__(self, responses: Relay, client: asyncio.Transport) -> None:
         self.responses = responses
+        self.client = client
 
     def data_received(self, data: bytes) -> None:
         self.responses.parser.feed_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client.close()
 
 
 def contexts(pki: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
