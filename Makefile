@@ -27,7 +27,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# The mypyc-compiled HTTP/1 codec (optional: on any failure the pure-Python one is used).
+# The mypyc-compiled codecs and data path (optional: on any failure the Python source runs).
 venv: $(STAMP)
 	$(BIN)/python -m plait.proto.build_native
 
@@ -46,8 +46,10 @@ debs:
 demo: venv
 	exec $(BIN)/plait up $(MESH)
 
+# Second pass: the tests that use fakes in the data path, on its Python source (tests/conftest.py).
 test: venv debs
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	PLAIT_PURE_PYTHON=1 $(BIN)/python -m pytest -m python_core $(PYTEST_ARGS) || [ $$? = 5 ]
 
 lint: venv
 	$(BIN)/ruff check src tests
@@ -59,4 +61,5 @@ bench: venv debs
 
 clean:
 	rm -rf $(VENV) .plait build *.egg-info src/plait/proto/_h1_compiled*.so \
-	  src/plait/proto/_native*.so src/plait/proto/_h2_compiled
+	  src/plait/proto/_native*.so src/plait/proto/_h2_compiled src/plait/_core \
+	  src/plait/_core__mypyc*.so

@@ -13,6 +13,7 @@ import asyncio
 import h2.config
 import h2.connection
 import h2.events
+import pytest
 from tests.proxy.test_refused_stream_retry import Recorder, Transport
 
 from plait.config.snapshot import Endpoint
@@ -20,6 +21,9 @@ from plait.proto.events import RequestHead
 from plait.proxy import batching
 from plait.proxy.h2_upstream import H2UpstreamConnection
 from plait.proxy.upstream import Host
+
+# Fakes stand in for the stream and its cluster (tests/conftest.py).
+pytestmark = pytest.mark.python_core
 
 
 class CountingTransport(Transport):

@@ -33,6 +33,9 @@ from plait.proxy.resilience import (
 )
 from plait.proxy.upstream import Host
 
+# Fakes stand in for the stream and its cluster (tests/conftest.py).
+pytestmark = pytest.mark.python_core
+
 REFUSED = Outcome(failure=REFUSED_STREAM, reached_upstream=False)
 
 

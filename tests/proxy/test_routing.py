@@ -256,6 +256,7 @@ def test_query_param_exact_and_regex_with_decoding_and_first_value() -> None:
     assert to(t, query=b"ID=42") is None  # names are case-sensitive
 
 
+@pytest.mark.python_core  # patches a function the compiled router calls directly
 def test_query_string_is_parsed_lazily_and_once(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[bytes] = []
     real = routing.parse_query

@@ -27,6 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from plait import native_core
 from plait.proto import native
 
 __all__ = ["MARKER", "build", "clean", "main"]
@@ -110,6 +111,46 @@ def build() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def build_core() -> None:
+    """Compile the data path (plait.native_core.CORE) as one group, out of place: each
+    module's extension goes to plait/_core/, the group's library beside plait/__init__.py.
+    Raises on any failure (the caller reports it)."""
+    from mypyc.build import mypycify
+    from setuptools import Distribution
+
+    work = Path(tempfile.mkdtemp(prefix="plait-core-"))
+    cwd = Path.cwd()
+    digest = native_core.digest()
+    try:
+        os.chdir(SRC_ROOT)
+        modules = mypycify(
+            [name.replace(".", "/") + ".py" for name in native_core.CORE],
+            opt_level="3",
+            target_dir=str(work / "c"),
+            group_name=native_core.GROUP,
+        )
+        dist = Distribution({"name": "plait-core", "ext_modules": modules})
+        cmd = dist.get_command_obj("build_ext")
+        cmd.build_temp = str(work / "tmp")
+        cmd.build_lib = str(work / "lib")
+        dist.run_command("build_ext")
+        lib = work / "lib"
+        native_core.DIRECTORY.mkdir(exist_ok=True)
+        for name in native_core.CORE:
+            package, _, module = name.rpartition(".")
+            (built,) = (lib / package.replace(".", "/")).glob(f"{module}.*.so")
+            suffix = built.name[len(module) :]
+            shutil.copy2(built, native_core.DIRECTORY / f"{name}{suffix}")
+        group = native_core.GROUP.rpartition(".")[2]
+        for built in (lib / "plait").glob(f"{group}__mypyc.*.so"):
+            shutil.copy2(built, native_core.PACKAGE / built.name)
+        # Last: the build marks itself as made from these sources.
+        native_core.MANIFEST.write_text(digest + "\n")
+    finally:
+        os.chdir(cwd)
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def clean() -> None:
     for path in HERE.glob("_h1_compiled*.so"):
         path.unlink()
@@ -118,22 +159,42 @@ def clean() -> None:
     shutil.rmtree(H2_DIR, ignore_errors=True)
 
 
+def clean_core() -> None:
+    shutil.rmtree(native_core.DIRECTORY, ignore_errors=True)
+    group = native_core.GROUP.rpartition(".")[2]
+    for path in native_core.PACKAGE.glob(f"{group}__mypyc.*.so"):
+        path.unlink()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if "--clean" in args:
         clean()
+        clean_core()
         return 0
-    if "--force" not in args and current():
+    force = "--force" in args
+    if not force and current():
         print("plait: compiled codecs are up to date")
-        return 0
-    clean()
-    try:
-        build()
-    except (Exception, SystemExit) as exc:  # mypyc exits on a type error: same fallback
+    else:
         clean()
-        print(f"plait: compiled codecs not built ({exc!r}); the pure-Python ones are used")
+        try:
+            build()
+        except (Exception, SystemExit) as exc:  # mypyc exits on a type error: same fallback
+            clean()
+            print(f"plait: compiled codecs not built ({exc!r}); the pure-Python ones are used")
+        else:
+            print("plait: compiled codecs built (HTTP/1 and HTTP/2)")
+    if not force and native_core.current():
+        print("plait: compiled data path is up to date")
         return 0
-    print("plait: compiled codecs built (HTTP/1 and HTTP/2)")
+    clean_core()
+    try:
+        build_core()
+    except (Exception, SystemExit) as exc:
+        clean_core()
+        print(f"plait: compiled data path not built ({exc!r}); it runs as Python")
+        return 0
+    print(f"plait: compiled data path built ({len(native_core.CORE)} modules)")
     return 0
 
 

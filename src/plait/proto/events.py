@@ -33,8 +33,6 @@ UNTIL_CLOSE = 3
 class RequestHead:
     """A request's start line and header fields."""
 
-    __slots__ = ("method", "target", "headers", "version", "keep_alive", "framing", "upgrade")
-
     def __init__(
         self,
         method: bytes,
@@ -60,8 +58,6 @@ class RequestHead:
 class ResponseHead:
     """A response's status and header fields; 1xx heads are interim."""
 
-    __slots__ = ("status", "reason", "headers", "version", "keep_alive", "framing")
-
     def __init__(
         self,
         status: int,
@@ -85,8 +81,6 @@ class ResponseHead:
 class Data:
     """A piece of a message body (already de-chunked)."""
 
-    __slots__ = ("data",)
-
     def __init__(self, data: bytes) -> None:
         self.data = data
 
@@ -97,8 +91,6 @@ class Data:
 class Trailers:
     """A trailer section (HTTP/2 trailers, gRPC's `grpc-status`); END_OF_STREAM follows."""
 
-    __slots__ = ("headers",)
-
     def __init__(self, headers: Headers) -> None:
         self.headers = headers
 
@@ -108,8 +100,6 @@ class Trailers:
 
 class EndOfStream:
     """The message is complete. Stateless: use the `END_OF_STREAM` instance."""
-
-    __slots__ = ()
 
     def __repr__(self) -> str:
         return "END_OF_STREAM"

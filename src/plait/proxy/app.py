@@ -284,7 +284,7 @@ class Proxy:
         # Outbound and inbound connections start with protocol detection (HTTP/1.1, the
         # HTTP/2 preface, or TCP); a gateway serves HTTP only.
         if ctx.kind == GATEWAY:
-            return ctx.protocol_factory
+            return ctx.protocol_factory  # type: ignore[return-value]  # a protocol by duck typing
         return functools.partial(Detector, ctx)
 
     def _make_agent(self, control: Address) -> ControlAgent:

@@ -79,8 +79,6 @@ class Balancer(Protocol):
 class _Stateless:
     """Balancers that keep no per-request state: the load hooks do nothing."""
 
-    __slots__ = ()
-
     def on_start(self, host: Balanced) -> None:
         pass
 
@@ -97,8 +95,6 @@ def _fresh(hosts: tuple[Balanced, ...], avoid: Collection[object]) -> tuple[Bala
 
 class RoundRobin(_Stateless):
     """Each host in turn."""
-
-    __slots__ = ("hosts", "_next")
 
     def __init__(self, hosts: Sequence[Balanced], rng: random.Random | None = None) -> None:
         self.hosts = tuple(hosts)
@@ -119,8 +115,6 @@ class RoundRobin(_Stateless):
 class Random(_Stateless):
     """A uniformly random host: no state, no coordination, fine for many small clients."""
 
-    __slots__ = ("hosts", "_rng")
-
     def __init__(self, hosts: Sequence[Balanced], rng: random.Random | None = None) -> None:
         self.hosts = tuple(hosts)
         self._rng = rng or random.Random()
@@ -138,8 +132,6 @@ class LeastRequest(_Stateless):
     The two are distinct hosts (tower's p2c), so a host holding stuck requests is never
     chosen merely because it was drawn twice.
     """
-
-    __slots__ = ("hosts", "_rng")
 
     def __init__(self, hosts: Sequence[Balanced], rng: random.Random | None = None) -> None:
         self.hosts = tuple(hosts)
@@ -164,8 +156,6 @@ class LoadStats:
     toward new observations, and toward zero while unused, with weight exp(-elapsed / decay):
     the algorithm of linkerd2-proxy and tower's `PeakEwma`.
     """
-
-    __slots__ = ("pending", "rtt", "stamp")
 
     def __init__(self, rtt: float, now: float) -> None:
         self.pending = 0
@@ -195,8 +185,6 @@ class PeakEwma:
     healthy peer until its peak decays, so it sees a trickle that keeps its estimate fresh.
     As in LeastRequest the two candidates are distinct hosts.
     """
-
-    __slots__ = ("hosts", "stats", "_loads", "_rng", "_clock", "_decay")
 
     def __init__(
         self,
@@ -265,8 +253,6 @@ def _ring_points(label: str, count: int) -> tuple[int, ...]:
 class _Ring:
     """The sorted ring points of a host set and the host owning each point; immutable."""
 
-    __slots__ = ("hosts", "points", "owners", "minimum")
-
     def __init__(self, hosts: tuple[Balanced, ...], minimum_ring_size: int) -> None:
         self.hosts = frozenset(hosts)
         self.minimum = minimum_ring_size
@@ -292,8 +278,6 @@ class RingHash(_Stateless):
     reuses that ring and skips the missing hosts: O(hosts) instead of hashing and sorting
     256 points per host, and the ejected host's keys come home when it returns.
     """
-
-    __slots__ = ("hosts", "_ring", "_skip", "_rng")
 
     def __init__(
         self,

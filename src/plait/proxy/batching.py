@@ -66,11 +66,10 @@ def end() -> None:
 
 
 class BatchedWriter:
-    """Mixin for a Protocol with `transport`, `closed` and `out`: writes join the open batch,
-    or go out at once when none is open."""
+    """Base of an HTTP/1.1 connection (with `transport`, `closed` and `out`): writes join
+    the open batch, or go out at once when none is open."""
 
-    __slots__ = ()
-    transport: object
+    transport: asyncio.Transport | None
     closed: bool
     out: list[bytes]
 
@@ -82,7 +81,7 @@ class BatchedWriter:
                 pending.append(self)
             self.out.append(data)
         else:
-            self.transport.write(data)  # type: ignore[attr-defined]
+            self.transport.write(data)
 
     def flush_out(self) -> None:
         out = self.out
@@ -90,16 +89,14 @@ class BatchedWriter:
             data = out[0] if len(out) == 1 else b"".join(out)
             out.clear()
             if not self.closed and self.transport is not None:
-                self.transport.write(data)  # type: ignore[attr-defined]
+                self.transport.write(data)
 
 
 class MultiplexedWriter:
-    """Mixin for an HTTP/2 connection (with `codec`, `transport`, `closed` and `loop`): what
-    its streams queue in the codec leaves in one
-    write at the end of the event-loop iteration, or once `STREAMS_PER_WRITE` streams have
-    queued their last frame."""
+    """Base of an HTTP/2 connection (with `codec`, `transport`, `closed` and `loop`): what
+    its streams queue in the codec leaves in one write at the end of the event-loop
+    iteration, or once `STREAMS_PER_WRITE` streams have queued their last frame."""
 
-    __slots__ = ("scheduled", "streams_unsent")
     scheduled: bool  # a flush is due at the end of this iteration
     streams_unsent: int  # streams whose last frame is queued, not yet written
     codec: Any

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from plait.proto import grpc
 from plait.proto.errors import ProtocolError
@@ -70,6 +70,13 @@ if TYPE_CHECKING:
     from plait.proxy.upstream import ClusterRuntime
 
 __all__ = ["DownstreamConnection", "Stream"]
+
+# A Stream's two sides are duck-typed: `down` is a DownstreamConnection (HTTP/1.1) or an
+# h2_downstream.H2DownStream, `upstream` an UpstreamConnection or an h2_upstream.H2UpStream,
+# with the same methods. `Any` rather than a union: compiled (plait.proto.build_native), the
+# stream then reaches either without a type check at each assignment.
+Downstream = Any
+Upstream = Any
 
 # Request bodies up to this size are kept so a stale pooled connection can be retried.
 REPLAY_LIMIT = 64 * 1024
@@ -161,26 +168,8 @@ def _request_id() -> bytes:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
 
 
-class DownstreamConnection(batching.BatchedWriter, asyncio.Protocol):
+class DownstreamConnection(batching.BatchedWriter):
     """One client connection on a listener; owns at most one active stream at a time."""
-
-    __slots__ = (
-        "ctx",
-        "transport",
-        "reader",
-        "stream",
-        "queued",
-        "pause_bits",
-        "deadline",
-        "deadline_kind",
-        "closed",
-        "peer",
-        "write_paused",
-        "deferred_error",
-        "peer_id",
-        "out",
-        "original_dst",
-    )
 
     def __init__(self, ctx: ListenerContext) -> None:
         self.ctx = ctx
@@ -273,7 +262,7 @@ class DownstreamConnection(batching.BatchedWriter, asyncio.Protocol):
         h2 = self.ctx.h2_protocol_factory()
         h2.peer_id = self.peer_id
         h2.original_dst = self.original_dst
-        transport.set_protocol(h2)
+        transport.set_protocol(h2)  # type: ignore[arg-type]  # a protocol by duck typing
         h2.connection_made(transport)
         if data:
             h2.data_received(data)
@@ -282,6 +271,10 @@ class DownstreamConnection(batching.BatchedWriter, asyncio.Protocol):
         """Drain: an idle keep-alive connection closes now; a busy one after its response."""
         if self.stream is None:
             self.close()
+
+    def eof_received(self) -> bool | None:
+        """The peer half-closed: close our side too (what asyncio.Protocol's default does)."""
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -393,65 +386,17 @@ class DownstreamConnection(batching.BatchedWriter, asyncio.Protocol):
 class Stream:
     """One request/response exchange, from head received to access-log entry written."""
 
-    __slots__ = (
-        "down",
-        "head",
-        "authority",
-        "path",
-        "method",
-        "cluster",
-        "host",
-        "upstream",
-        "tried",
-        "up_head",
-        "pending_body",
-        "replay",
-        "replay_size",
-        "request_complete",
-        "response_started",
-        "response_complete",
-        "response_chunked",
-        "down_keep_alive",
-        "up_keep_alive",
-        "status",
-        "flags",
-        "started",
-        "bytes_received",
-        "bytes_sent",
-        "timer",
-        "request_id",
-        "route",
-        "finished",
-        "connecting",
-        "response_framing",
-        "span",
-        "try_started",
-        "breaker_held",
-        "decision",
-        "try_timer",
-        "retries_done",
-        "retry_slot",
-        "hash_key",
-        "h2",
-        "up_h2",
-        "up_chunked",
-        "up_fields",
-        "trailers",
-        "req_trailers",
-        "grpc",
-    )
-
-    def __init__(self, down: DownstreamConnection, head: RequestHead) -> None:
+    def __init__(self, down: Downstream, head: RequestHead) -> None:
         # `down` is the HTTP/1.1 connection, or an HTTP/2 stream handle (`h2` is then True)
         # with the same methods plus send_head/send_end/local_reply (see h2_downstream).
-        self.down = down
+        self.down: Downstream = down
         self.head = head
         self.method = head.method
         self.authority = b""
         self.path = b""
         self.cluster: ClusterRuntime | None = None
         self.host: Host | None = None
-        self.upstream: UpstreamConnection | None = None
+        self.upstream: Upstream = None  # the current try's connection or stream handle
         self.tried: tuple[Host, ...] = ()
         self.up_head = b""
         self.pending_body: list[bytes] = []
@@ -885,7 +830,7 @@ class Stream:
         if handle is None:
             self.local_reply(503, "UF")
             return
-        self.upstream = handle  # type: ignore[assignment]
+        self.upstream = handle
         for piece in pending:
             handle.write(piece)
         if self.request_complete and not end:
@@ -929,12 +874,12 @@ class Stream:
             else:
                 self.pending_body.append(end)
         elif self.up_h2 and not self.finished and self.upstream is not None:
-            self.upstream.end(self.req_trailers)  # type: ignore[attr-defined]
+            self.upstream.end(self.req_trailers)
         if self.response_complete or self.finished:
             self.done()
 
     # response side -------------------------------------------------------------------
-    def on_upstream_event(self, conn: UpstreamConnection, event: object) -> None:
+    def on_upstream_event(self, conn: Upstream, event: object) -> None:
         down = self.down
         kind = type(event)
         if kind is Data:
@@ -1022,7 +967,7 @@ class Stream:
         if self.h2:
             if not self.request_complete:
                 self.up_keep_alive = False
-            down.send_head(status, headers, framing == NO_BODY)  # type: ignore[attr-defined]
+            down.send_head(status, headers, framing == NO_BODY)
             if framing == NO_BODY:
                 self.response_end()
             return
@@ -1065,7 +1010,7 @@ class Stream:
             else:
                 self.down.write(last_chunk(trailers))
         elif self.h2:
-            self.down.send_end(self.trailers)  # type: ignore[attr-defined]
+            self.down.send_end(self.trailers)
         if not self.h2 and not self.up_h2:
             # A response from an HTTP/1.1 upstream is alone in its read event: it leaves now,
             # not at the end of the event, and the pool and telemetry bookkeeping below and in
@@ -1077,7 +1022,7 @@ class Stream:
         self.upstream = None
         if self.up_h2:
             if conn is not None:
-                conn.finish(self.request_complete)  # type: ignore[attr-defined]
+                conn.finish(self.request_complete)
         elif conn is not None:
             conn.served += 1
             cluster = self.cluster
@@ -1092,7 +1037,7 @@ class Stream:
         self.done()
 
     # failures ------------------------------------------------------------------------
-    def on_upstream_closed(self, conn: UpstreamConnection) -> None:
+    def on_upstream_closed(self, conn: Upstream) -> None:
         if conn is not self.upstream or self.finished:
             return
         self.upstream = None
@@ -1262,7 +1207,7 @@ class Stream:
         self.response_complete = True
         self.bytes_sent = 0
         if self.h2:
-            self.down.local_reply(status, flags, detail, extra, self.grpc)  # type: ignore[attr-defined]
+            self.down.local_reply(status, flags, detail, extra, self.grpc)
             self.done()
             return
         close = not self.request_complete or not self.down_keep_alive or self.down.ctx.draining

@@ -58,22 +58,6 @@ _LOW_WATER = WRITE_HIGH_WATER // 2
 class H2DownStream:
     """One request stream of an HTTP/2 client connection, as a `Stream` sees its downstream."""
 
-    __slots__ = (
-        "conn",
-        "sid",
-        "ctx",
-        "peer",
-        "peer_id",
-        "stream",
-        "pause_bits",
-        "withheld",
-        "write_paused",
-        "closed",
-        "ended",
-        "original_dst",
-        "transport",
-    )
-
     def __init__(self, conn: H2DownstreamConnection, sid: int) -> None:
         self.conn = conn
         self.sid = sid
@@ -177,24 +161,8 @@ class H2DownStream:
         self.conn.stream_done(self, stream)
 
 
-class H2DownstreamConnection(batching.MultiplexedWriter, asyncio.Protocol):
+class H2DownstreamConnection(batching.MultiplexedWriter):
     """One HTTP/2 client connection on a listener; each stream is a `Stream`."""
-
-    __slots__ = (
-        "ctx",
-        "loop",
-        "transport",
-        "codec",
-        "streams",
-        "full",
-        "closed",
-        "peer",
-        "peer_id",
-        "deadline",
-        "deadline_kind",
-        "write_paused",
-        "original_dst",
-    )
 
     def __init__(self, ctx: ListenerContext) -> None:
         self.ctx = ctx
@@ -326,6 +294,10 @@ class H2DownstreamConnection(batching.MultiplexedWriter, asyncio.Protocol):
                 stream = handle.stream
                 if stream is not None and stream.upstream is not None:
                     stream.upstream.resume_reading()
+
+    def eof_received(self) -> bool | None:
+        """The peer half-closed: close our side too (what asyncio.Protocol's default does)."""
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -68,19 +68,6 @@ def h2_client_context(
 class H2UpStream:
     """One request stream on a multiplexed upstream connection, as a `Stream` sees it."""
 
-    __slots__ = (
-        "conn",
-        "sid",
-        "stream",
-        "paused",
-        "withheld",
-        "reused",
-        "got_bytes",
-        "full",
-        "done",
-        "ended",
-    )
-
     def __init__(self, conn: H2UpstreamConnection, sid: int, stream: Stream) -> None:
         self.conn = conn
         self.sid = sid
@@ -146,7 +133,8 @@ class H2UpStream:
         conn.forget(self)
         conn.kick(True)
 
-    close = abort
+    def close(self) -> None:
+        self.abort()
 
     def finish(self, request_complete: bool) -> None:
         """The response is complete; the stream closes with it unless we still send."""
@@ -156,22 +144,8 @@ class H2UpStream:
             self.abort()
 
 
-class H2UpstreamConnection(batching.MultiplexedWriter, asyncio.Protocol):
+class H2UpstreamConnection(batching.MultiplexedWriter):
     """One HTTP/2 connection to a host; many streams at once."""
-
-    __slots__ = (
-        "host",
-        "transport",
-        "codec",
-        "streams",
-        "full",
-        "closed",
-        "breaker",
-        "idle_since",
-        "loop",
-        "served",
-        "opened",
-    )
 
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -272,7 +246,7 @@ class H2UpstreamConnection(batching.MultiplexedWriter, asyncio.Protocol):
             if kind is Data:
                 n = len(event.data)  # type: ignore[attr-defined]
                 handle.got_bytes = True
-                stream.on_upstream_event(handle, event)  # type: ignore[arg-type]
+                stream.on_upstream_event(handle, event)
                 if handle.paused and not handle.done:
                     handle.withheld += n
                 else:
@@ -281,12 +255,12 @@ class H2UpstreamConnection(batching.MultiplexedWriter, asyncio.Protocol):
                 refused = event.error_code == ErrorCode.REFUSED_STREAM  # type: ignore[attr-defined]
                 handle.reused = refused and not handle.got_bytes
                 self.forget(handle)
-                stream.on_upstream_closed(handle)  # type: ignore[arg-type]
+                stream.on_upstream_closed(handle)
             elif kind is WindowUpdated:
                 self._drained(sid)
             else:  # ResponseHead, Trailers, END_OF_STREAM
                 handle.got_bytes = True
-                stream.on_upstream_event(handle, event)  # type: ignore[arg-type]
+                stream.on_upstream_event(handle, event)
 
     def _drained(self, sid: int) -> None:
         full = self.full
@@ -300,6 +274,10 @@ class H2UpstreamConnection(batching.MultiplexedWriter, asyncio.Protocol):
                 if handle.stream is not None:
                     handle.stream.upstream_buffer_drained()
 
+    def eof_received(self) -> bool | None:
+        """The peer half-closed: close our side too (what asyncio.Protocol's default does)."""
+        return None
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         breaker, self.breaker = self.breaker, None
@@ -310,7 +288,7 @@ class H2UpstreamConnection(batching.MultiplexedWriter, asyncio.Protocol):
             stream = handle.stream
             self.forget(handle)
             if stream is not None:
-                stream.on_upstream_closed(handle)  # type: ignore[arg-type]
+                stream.on_upstream_closed(handle)
 
     def pause_writing(self) -> None:
         for handle in list(self.streams.values()):

@@ -75,8 +75,6 @@ class Decision:
 class _Target:
     """One backend of one rule: its ready Decision, and what is decided per request."""
 
-    __slots__ = ("decision", "static", "fault", "redirect", "rewrite", "sampled")
-
     def __init__(self, route: str, rule: RouteRule, backend: BackendRef | None) -> None:
         layers = (rule.filters,) if backend is None else (rule.filters, backend.filters)
         # A backend's own rewrite or fault replaces the rule's; header edits apply in turn.
@@ -164,20 +162,6 @@ _Param = tuple[str, str, "re.Pattern[str] | None"]
 
 class _Entry:
     """One match of one rule, compiled to bytes, sharing the rule's weighted targets."""
-
-    __slots__ = (
-        "kind",
-        "path",
-        "slash",
-        "regex",
-        "method",
-        "headers",
-        "query",
-        "prefix",
-        "targets",
-        "cumulative",
-        "total",
-    )
 
     def __init__(
         self, m: RouteMatch, targets: tuple[_Target, ...], cumulative: tuple[int, ...]
@@ -290,17 +274,6 @@ def split_authority(authority: bytes) -> tuple[str, int | None]:
 
 class RouteTable:
     """Immutable routing for one snapshot; None (no route) becomes a 404 `NR`."""
-
-    __slots__ = (
-        "_by_authority",
-        "_by_host",
-        "_defaults",
-        "_service_rules",
-        "_exact",
-        "_wildcards",
-        "_any",
-        "_rng",
-    )
 
     def __init__(self, snapshot: Snapshot, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()

@@ -103,23 +103,8 @@ def _h2_upgrade_modes(policy: str, hosts: tuple[Host, ...]) -> tuple[bool, bool]
     return False, bool(hosts) and all(h.protocol_hint == "h2" for h in hosts)
 
 
-class UpstreamConnection(batching.BatchedWriter, asyncio.Protocol):
+class UpstreamConnection(batching.BatchedWriter):
     """One HTTP/1.1 connection to a host, carrying one stream at a time."""
-
-    __slots__ = (
-        "host",
-        "transport",
-        "reader",
-        "stream",
-        "closed",
-        "reused",
-        "idle_since",
-        "reading_paused",
-        "got_bytes",
-        "out",
-        "breaker",
-        "served",
-    )
 
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -173,6 +158,10 @@ class UpstreamConnection(batching.BatchedWriter, asyncio.Protocol):
             if self.stream is not stream:
                 break  # the stream finished (or failed) on this event
 
+    def eof_received(self) -> bool | None:
+        """The peer half-closed: close our side too (what asyncio.Protocol's default does)."""
+        return None
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         breaker, self.breaker = self.breaker, None
@@ -223,24 +212,6 @@ class UpstreamConnection(batching.BatchedWriter, asyncio.Protocol):
 
 class Host:
     """One endpoint at run time: load, pool and counters; shared by the clusters listing it."""
-
-    __slots__ = (
-        "address",
-        "port",
-        "labels",
-        "workload",
-        "active",
-        "idle",
-        "cx_total",
-        "cx_connect_fail",
-        "rq_total",
-        "label",
-        "identity",
-        "cx_tls_fail",
-        "h2",
-        "h2_waiting",
-        "protocol_hint",
-    )
 
     def __init__(self, endpoint: Endpoint) -> None:
         self.address = endpoint.address
@@ -417,8 +388,6 @@ class Host:
 class HostRegistry:
     """All hosts of a proxy by address, so pools survive snapshot swaps."""
 
-    __slots__ = ("_hosts",)
-
     def __init__(self) -> None:
         self._hosts: dict[tuple[str, int], Host] = {}
 
@@ -452,26 +421,6 @@ class ClusterRuntime:
     Built once per snapshot; the resilience state carries over from the runtime it replaces
     (`previous`) so a config push does not reset a breaker's counts or an ejection.
     """
-
-    __slots__ = (
-        "name",
-        "namespace",
-        "hosts",
-        "balancer",
-        "policy",
-        "breaker",
-        "budget",
-        "detector",
-        "panic",
-        "_healthy",
-        "checks",
-        "checked_ok",
-        "next_check",
-        "protocol",
-        "h2_upgrade",
-        "h2_multiplex",
-        "h2_check",
-    )
 
     def __init__(
         self,

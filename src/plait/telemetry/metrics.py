@@ -138,17 +138,6 @@ def _static_labels(
 class _RequestCell:
     """Counts for one (response code, flags, gRPC status) under one static label set."""
 
-    __slots__ = (
-        "labels",
-        "count",
-        "duration_sum",
-        "duration_counts",
-        "request_sum",
-        "request_counts",
-        "response_sum",
-        "response_counts",
-    )
-
     def __init__(self, labels: Labels, duration_buckets: int, bytes_buckets: int) -> None:
         self.labels = labels
         self.count = 0
@@ -162,8 +151,6 @@ class _RequestCell:
 
 class RequestSeries:
     """A pre-bound handle for one static label set; get it once per connection or endpoint."""
-
-    __slots__ = ("static", "security_policy", "_cells", "_duration", "_bytes")
 
     def __init__(
         self,
@@ -216,8 +203,6 @@ class RequestSeries:
 
 
 class _TcpCell:
-    __slots__ = ("labels", "opened", "closed", "sent", "received")
-
     def __init__(self, labels: Labels) -> None:
         self.labels = labels
         self.opened = 0
@@ -228,8 +213,6 @@ class _TcpCell:
 
 class TcpSeries:
     """A pre-bound handle for the TCP metrics of one static label set (per connection)."""
-
-    __slots__ = ("static", "security_policy", "_cells", "clean")
 
     def __init__(self, static: Labels, security_policy: str) -> None:
         self.static = static
@@ -382,8 +365,6 @@ _CODE_CLASSES = ("", "1xx", "2xx", "3xx", "4xx", "5xx")
 class EndpointSeries:
     """Request count by code class and latency of one (cluster, endpoint)."""
 
-    __slots__ = ("labels", "by_class", "time_counts", "time_sum", "_bounds")
-
     def __init__(self, labels: Labels, bounds: tuple[float, ...]) -> None:
         self.labels = labels
         self.by_class = [0] * 6
@@ -440,8 +421,6 @@ class UpstreamMetrics:
 
 class Value:
     """One labelled child: a plain number the owner adds to or sets."""
-
-    __slots__ = ("value",)
 
     def __init__(self) -> None:
         self.value = 0.0

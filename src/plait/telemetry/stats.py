@@ -8,23 +8,6 @@ __all__ = ["ListenerStats"]
 class ListenerStats:
     """Counters of one listener, named after Envoy's (`downstream_rq_total`, ...)."""
 
-    __slots__ = (
-        "cx_total",
-        "rq_total",
-        "rq_1xx",
-        "rq_2xx",
-        "rq_3xx",
-        "rq_4xx",
-        "rq_5xx",
-        "downstream_protocol_errors",
-        "downstream_rq_timeout",
-        "upstream_cx_connect_fail",
-        "upstream_rq_retry",
-        "upstream_rq_timeout",
-        "flags",
-        "events",
-    )
-
     def __init__(self) -> None:
         self.cx_total = 0
         self.rq_total = 0

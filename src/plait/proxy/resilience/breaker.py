@@ -28,19 +28,6 @@ OVERLOADED_HEADER = (b"x-plait-overloaded", b"true")  # as Envoy's x-envoy-overl
 class CircuitBreaker:
     """One per cluster per proxy; lives as long as the cluster's snapshot entry."""
 
-    __slots__ = (
-        "limits",
-        "connections",
-        "pending",
-        "requests",
-        "retries",
-        "cx_overflow",
-        "rq_pending_overflow",
-        "rq_overflow",
-        "rq_retry_overflow",
-        "underflow",
-    )
-
     def __init__(self, limits: PoolLimits | None = None) -> None:
         self.limits = limits or PoolLimits()
         self.connections = 0

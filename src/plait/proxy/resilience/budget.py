@@ -26,8 +26,6 @@ _BUCKETS = 10
 class RetryBudget:
     """One budget per cluster. `deposit()` per request, `withdraw()` before each retry."""
 
-    __slots__ = ("_clock", "_width", "_buckets", "_slot", "_sum", "_deposit", "_reserve", "refused")
-
     def __init__(
         self,
         retry_ratio: float = 0.2,
