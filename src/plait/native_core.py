@@ -53,6 +53,11 @@ CORE = (
     "plait.proxy.resilience.budget",
     "plait.telemetry.metrics",
     "plait.telemetry.stats",
+    "plait.proxy.filters.metrics",
+    "plait.proxy.filters.path_normalize",
+    "plait.telemetry.jsonlines",
+    "plait.telemetry.accesslog",
+    "plait.proxy.filters.audit",  # an AuditLog is a JsonLines: interpreted, it could not be
 )
 GROUP = "plait._core"  # its shared library: plait/_core__mypyc*.so
 DIRECTORY = PACKAGE / "_core"

@@ -18,8 +18,6 @@ __all__ = ["AccessLog"]
 class AccessLog(JsonLines):
     """Owns its file (closed by `close()`); stdout is flushed but never closed."""
 
-    __slots__ = ("sample", "_rng", "_second", "_stamp")
-
     def __init__(self, target: str = "-", sample: float = 1.0) -> None:
         super().__init__(target)
         self.sample = sample

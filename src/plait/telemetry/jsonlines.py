@@ -18,7 +18,6 @@ FLUSH_BYTES = 64 * 1024
 
 
 class JsonLines:
-    __slots__ = ("_out", "_owned", "_buffer", "_size")
 
     def __init__(self, target: str | IO[str] = "-") -> None:
         self._owned = isinstance(target, str) and target != "-"

@@ -45,8 +45,6 @@ def jwt_denied_reply(result: AuthnResult, *, close: bool = False) -> bytes:
 class AuditLog(JsonLines):
     """Owns the file it opens (closed by `close()`); a stream it is given is never closed."""
 
-    __slots__ = ("destination", "_clock")
-
     def __init__(
         self,
         target: str | IO[str] = "-",

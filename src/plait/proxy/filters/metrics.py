@@ -33,8 +33,6 @@ def _principal_namespace(principal: str) -> str:
 class ListenerMetrics:
     """Records each finished stream of one listener into the proxy's metrics."""
 
-    __slots__ = ("metrics", "reporter", "node", "certs", "_series", "_endpoints", "_tcp")
-
     def __init__(
         self, metrics: ProxyMetrics, kind: str, node: Node, certs: CertificateManager | None
     ) -> None:
