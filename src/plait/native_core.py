@@ -3,8 +3,8 @@
 Why: a proxied request runs about a hundred small Python steps per proxy (parse, route,
 balance, breaker, retry budget, header hygiene, metrics, the HTTP/2 frames), none of them
 hot on its own. Compiled together with mypyc, as native classes that reach each other's
-attributes at fixed offsets, the same source costs the pair about a fifth less CPU per
-request (bench/RESULTS.md, "Fifth round"). Compiling one module alone does not pay: its
+attributes at fixed offsets, the same source costs the pair about a quarter less CPU per
+request (bench/RESULTS.md, "Fifth round", items 22-23). Compiling one module alone does not pay: its
 code then reaches the interpreted classes around it through generic attribute lookups.
 
 How: `python -m plait.proto.build_native` (run by `make venv`) compiles the modules of

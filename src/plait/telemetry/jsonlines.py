@@ -18,7 +18,6 @@ FLUSH_BYTES = 64 * 1024
 
 
 class JsonLines:
-
     def __init__(self, target: str | IO[str] = "-") -> None:
         self._owned = isinstance(target, str) and target != "-"
         if isinstance(target, str):
