@@ -24,7 +24,6 @@ or monkeypatching from interpreted code.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -34,6 +33,9 @@ from collections.abc import Sequence
 from importlib.machinery import ModuleSpec
 from pathlib import Path
 from types import ModuleType
+
+# Loads nothing of the core: plait.proto and plait.proto.native import only the standard library.
+from plait.proto import native
 
 __all__ = ["CORE", "DIRECTORY", "GROUP", "active", "digest", "install", "sources"]
 
@@ -72,12 +74,8 @@ def sources() -> list[Path]:
 
 
 def digest() -> str:
-    """sha256 over the core's module names and sources (this module imports nothing of
-    plait's: it runs before any of them is loaded)."""
-    h = hashlib.sha256()
-    for name, path in zip(CORE, sources(), strict=True):
-        h.update(name.encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
+    """sha256 over the core's sources, as the compiled codecs' (plait.proto.native)."""
+    return native.digest(sources())
 
 
 def extension(name: str) -> Path | None:

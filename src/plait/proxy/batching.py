@@ -15,6 +15,7 @@ __all__ = [
     "STREAMS_PER_WRITE",
     "Batchable",
     "BatchedWriter",
+    "Connection",
     "MultiplexedWriter",
     "begin",
     "end",
@@ -65,7 +66,17 @@ def end() -> None:
             sock.flush_out()
 
 
-class BatchedWriter:
+class Connection:
+    """Base of the proxy's connections: asyncio protocols by duck typing, not by subclassing
+    `asyncio.Protocol` (an interpreted base would keep them from compiling as native
+    classes: plait.native_core), so what that base gave them is here."""
+
+    def eof_received(self) -> bool | None:
+        """The peer half-closed: close our side too (what asyncio.Protocol's default does)."""
+        return None
+
+
+class BatchedWriter(Connection):
     """Base of an HTTP/1.1 connection (with `transport`, `closed` and `out`): writes join
     the open batch, or go out at once when none is open."""
 
@@ -92,7 +103,7 @@ class BatchedWriter:
                 self.transport.write(data)
 
 
-class MultiplexedWriter:
+class MultiplexedWriter(Connection):
     """Base of an HTTP/2 connection (with `codec`, `transport`, `closed` and `loop`): what
     its streams queue in the codec leaves in one write at the end of the event-loop
     iteration, or once `STREAMS_PER_WRITE` streams have queued their last frame."""

@@ -272,10 +272,6 @@ class DownstreamConnection(batching.BatchedWriter):
         if self.stream is None:
             self.close()
 
-    def eof_received(self) -> bool | None:
-        """The peer half-closed: close our side too (what asyncio.Protocol's default does)."""
-        return None
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.ctx.connections.discard(self)

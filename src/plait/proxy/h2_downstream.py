@@ -295,10 +295,6 @@ class H2DownstreamConnection(batching.MultiplexedWriter):
                 if stream is not None and stream.upstream is not None:
                     stream.upstream.resume_reading()
 
-    def eof_received(self) -> bool | None:
-        """The peer half-closed: close our side too (what asyncio.Protocol's default does)."""
-        return None
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         ctx = self.ctx

@@ -274,10 +274,6 @@ class H2UpstreamConnection(batching.MultiplexedWriter):
                 if handle.stream is not None:
                     handle.stream.upstream_buffer_drained()
 
-    def eof_received(self) -> bool | None:
-        """The peer half-closed: close our side too (what asyncio.Protocol's default does)."""
-        return None
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         breaker, self.breaker = self.breaker, None

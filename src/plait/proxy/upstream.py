@@ -158,10 +158,6 @@ class UpstreamConnection(batching.BatchedWriter):
             if self.stream is not stream:
                 break  # the stream finished (or failed) on this event
 
-    def eof_received(self) -> bool | None:
-        """The peer half-closed: close our side too (what asyncio.Protocol's default does)."""
-        return None
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         breaker, self.breaker = self.breaker, None

@@ -443,8 +443,8 @@ class Encoder:
         while self._size > target:
             abs_id = self._inserted - len(entries)
             field = entries.pop(0)
-            name, value = cast(Field, field)
-            self._size -= len(name) + len(value) + 32
+            name = cast(Field, field)[0]
+            self._size -= _entry_size(cast(Field, field))
             if self._fields.get(field) == abs_id:
                 del self._fields[field]
             if self._names.get(name) == abs_id:
