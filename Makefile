@@ -27,9 +27,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-# The mypyc-compiled codecs and data path (optional: on any failure the Python source runs).
+# The mypyc-compiled data path, codecs included (optional: on any failure the Python source runs).
 venv: $(STAMP)
-	$(BIN)/python -m plait.proto.build_native
+	$(BIN)/python -m plait.build_native
 
 # Install the Debian packages whose commands are missing (needs root; CI runs as root).
 debs:
@@ -60,6 +60,4 @@ bench: venv debs
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick,)
 
 clean:
-	rm -rf $(VENV) .plait build *.egg-info src/plait/proto/_h1_compiled*.so \
-	  src/plait/proto/_native*.so src/plait/proto/_h2_compiled src/plait/_core \
-	  src/plait/_core__mypyc*.so
+	rm -rf $(VENV) .plait build *.egg-info src/plait/_core src/plait/_core__mypyc*.so

@@ -14,8 +14,8 @@ subtracted. Medians over rounds are printed with the spread (min-max), and the m
 per-round ratio of each system's pair cost to the reference's (the `--base` tree, else Envoy)
 measured beside it: the steadiest figure on a busy machine (neighbours on the same cores
 inflate every absolute figure alike, by up to 1.5x here; this VM has no hardware counters to
-count instructions instead). It also prints which codecs (mypyc-compiled or pure Python)
-each plait tree runs.
+count instructions instead). It also prints what of each plait tree runs compiled (mypyc) and what
+as Python.
 
 Systems: `plait` (this tree as shipped: HTTP/1.1 between the proxies, and HTTP/2 for the
 requests that overlap others), `plait-h2` (`--h2-upgrade`: PLAIT_H2_UPGRADE=1, every request
@@ -103,22 +103,25 @@ def _started(system: System) -> Started:
         raise
 
 
-_CODECS = """
+_COMPILED = """
+from plait import native_core
 from plait.proto import h1
 from plait.proxy import h2_upstream
-codec = getattr(h2_upstream, "CODEC", None)
-print("h1", "compiled" if getattr(h1, "NATIVE", False) else "python",
-      "h2", "compiled" if codec and "_compiled" in codec.__module__ else "python")
+codec = getattr(h2_upstream, "CODEC", h2_upstream.H2Connection)  # older trees: CODEC
+print("data path", "compiled" if native_core.active() else "python",
+      "h1", "compiled" if getattr(h1, "NATIVE", h1.__file__.endswith(".so")) else "python",
+      "h2", "compiled" if ".so" in str(getattr(__import__(codec.__module__, fromlist=["x"]),
+                                               "__file__", "")) else "python")
 """
 
 
-def codecs(source: Path | None) -> str:
-    """Which codecs a plait tree's proxies run: compiled (mypyc) or pure Python."""
+def compiled(source: Path | None) -> str:
+    """What of a plait tree's proxies runs compiled (mypyc) and what runs as Python."""
     env = dict(os.environ)
     if source is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(source), *filter(None, [env.get("PYTHONPATH")])])
     done = subprocess.run(
-        [sys.executable, "-c", _CODECS], env=env, capture_output=True, text=True, timeout=30
+        [sys.executable, "-c", _COMPILED], env=env, capture_output=True, text=True, timeout=30
     )
     return done.stdout.strip() or f"unknown ({done.stderr.strip()[-200:]})"
 
@@ -208,9 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.relay:
         factories["relay"] = _peer(RelayPair)
         factories["relay-plain"] = _peer(PlainRelayPair)
-    print(f"codecs: plait {codecs(None)}", flush=True)
+    print(f"compiled: plait {compiled(None)}", flush=True)
     if args.base is not None:
-        print(f"codecs: base  {codecs(args.base.resolve())}", flush=True)
+        print(f"compiled: base  {compiled(args.base.resolve())}", flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="plait-cpu-"))
     load = os.getloadavg()

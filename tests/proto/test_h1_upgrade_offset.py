@@ -3,14 +3,13 @@ offset httptools reports, in the compiled codec and in pure Python alike (issue 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
 import pytest
 
+from plait import native_core
 from plait.proto import h1
 from plait.proto.errors import MalformedMessage
 from plait.proto.events import END_OF_STREAM, RequestHead, ResponseHead
@@ -24,28 +23,12 @@ FRAME = b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58"  # a masked "Hello" text
 PLAIN = b"GET /a HTTP/1.1\r\nHost: chat\r\n\r\n"
 
 
-def _pure_h1() -> ModuleType:
-    """A second instance of h1.py that never loads the compiled copy."""
-    spec = importlib.util.spec_from_file_location("plait_h1_pure_upgrade", h1.__file__)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
-
-
 @pytest.fixture(params=["loaded", "pure"])
-def codec(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def codec(request: pytest.FixtureRequest) -> Iterator[Any]:
     if request.param == "loaded":
-        yield h1  # compiled when built from this source, else pure Python
+        yield h1  # compiled when the data path's build is current, else pure Python
         return
-    monkeypatch.setenv("PLAIT_PURE_PYTHON", "1")
-    module = _pure_h1()
-    assert not module.NATIVE
-    yield module
+    yield native_core.source_module("plait.proto.h1")
 
 
 def _request_reader(codec: ModuleType) -> h1.RequestReader:

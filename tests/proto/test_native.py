@@ -1,16 +1,12 @@
-"""The optional mypyc-compiled codecs: used only when built from the current source, and
-interchangeable with the pure-Python ones; HTTP/2 header strings without Huffman coding."""
+"""The compiled codecs (built with the data path, plait.native_core) behave as their Python
+source; HTTP/2 header strings without Huffman coding."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
-from plait.proto import build_native, h1, native
+from plait import native_core
+from plait.proto import h1
 from plait.proto.errors import HeadTooLarge
 from plait.proto.events import RequestHead, ResponseHead
 from plait.proto.h2 import H2Config, H2Connection
@@ -24,59 +20,6 @@ RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 12\r\nConnection: keep-alive\r\n"
     b"\r\nhello world\n"
 )
-
-
-def _fake_compiled(tmp_path: Path, name: str, source: Path) -> None:
-    (tmp_path / f"{name}.py").write_text(f'SOURCE_SHA256 = "{native.digest([source])}"\n')
-
-
-def test_a_compiled_copy_is_used_only_while_its_source_is_unchanged(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("PLAIT_PURE_PYTHON", raising=False)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    source = tmp_path / "codec.py"
-    source.write_text("X = 1\n")
-    _fake_compiled(tmp_path, "codec_compiled_a", source)
-    assert native.load("codec_compiled_a", [source]) is not None
-    source.write_text("X = 2\n")  # edited after the build: the copy is stale
-    assert native.load("codec_compiled_a", [source]) is None
-
-
-def test_plait_pure_python_ignores_a_current_compiled_copy(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.syspath_prepend(str(tmp_path))
-    source = tmp_path / "codec.py"
-    source.write_text("X = 1\n")
-    _fake_compiled(tmp_path, "codec_compiled_b", source)
-    monkeypatch.setenv("PLAIT_PURE_PYTHON", "1")
-    assert native.load("codec_compiled_b", [source]) is None
-
-
-def test_a_missing_compiled_copy_means_pure_python(tmp_path: Path) -> None:
-    source = tmp_path / "codec.py"
-    source.write_text("X = 1\n")
-    assert native.load("plait_no_such_compiled_module", [source]) is None
-
-
-def test_h2_copies_import_compiled_siblings_and_share_errors_events_config() -> None:
-    text = (
-        "from plait.proto.h2 import headers as hdrs\n"
-        "from plait.proto.h2 import huffman\n"
-        "from plait.proto.h2.frames import PREFACE\n"
-        "from plait.proto.h2.errors import ErrorCode\n"
-        "from plait.proto.h2.events import StreamReset\n"
-        "from plait.proto.h2.config import H2Config\n"
-    )
-    assert build_native._rewrite_h2_imports(text) == (
-        "from plait.proto._h2_compiled import headers as hdrs\n"
-        "from plait.proto._h2_compiled import huffman\n"
-        "from plait.proto._h2_compiled.frames import PREFACE\n"
-        "from plait.proto.h2.errors import ErrorCode\n"
-        "from plait.proto.h2.events import StreamReset\n"
-        "from plait.proto.h2.config import H2Config\n"
-    )
 
 
 _FIELDS = {
@@ -96,25 +39,11 @@ def _plain(events: list[object]) -> list[object]:
     return plain
 
 
-def _pure_h1(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    """A second, pure-Python instance of h1.py."""
-    monkeypatch.setenv("PLAIT_PURE_PYTHON", "1")
-    spec = importlib.util.spec_from_file_location("plait_h1_pure", h1.__file__)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["plait_h1_pure"] = module
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules["plait_h1_pure"]
-    assert not module.NATIVE
-    return module
-
-
-def test_compiled_and_pure_h1_codecs_agree(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not h1.NATIVE:
-        pytest.skip("no current compiled h1 (python -m plait.proto.build_native)")
-    pure = _pure_h1(monkeypatch)
+def test_compiled_and_pure_h1_codecs_agree() -> None:
+    if not native_core.active():
+        pytest.skip("no current compiled data path (python -m plait.build_native)")
+    assert h1.__file__ is not None and h1.__file__.endswith(".so")
+    pure = native_core.source_module("plait.proto.h1")
     assert h1.RequestReader is not pure.RequestReader
     for split in (len(REQUEST), 7, 40):
         a, b = h1.RequestReader(), pure.RequestReader()

@@ -416,22 +416,3 @@ def response_head_bytes(status: int, headers: Headers, version: bytes = b"1.1") 
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"\r\n")
     return b"".join(parts)
-
-
-# --- native build: nothing below this line is compiled ---
-# A mypyc-compiled copy of everything above (plait.proto.build_native, run by `make venv`)
-# replaces the pure-Python classes and writers when it was built from this very source.
-def _use_native() -> bool:
-    from pathlib import Path
-
-    from plait.proto.native import load
-
-    native = load("plait.proto._h1_compiled", [Path(__file__)])
-    if native is None:
-        return False
-    for name in (*__all__, "reason_phrase"):
-        globals()[name] = getattr(native, name)
-    return True
-
-
-NATIVE = _use_native()

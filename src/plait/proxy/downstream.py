@@ -73,7 +73,7 @@ __all__ = ["DownstreamConnection", "Stream"]
 
 # A Stream's two sides are duck-typed: `down` is a DownstreamConnection (HTTP/1.1) or an
 # h2_downstream.H2DownStream, `upstream` an UpstreamConnection or an h2_upstream.H2UpStream,
-# with the same methods. `Any` rather than a union: compiled (plait.proto.build_native), the
+# with the same methods. `Any` rather than a union: compiled (plait.build_native), the
 # stream then reaches either without a type check at each assignment.
 Downstream = Any
 Upstream = Any

@@ -36,7 +36,6 @@ from plait.proto.h2 import (
     WindowUpdated,
 )
 from plait.proto.h2.headers import response_fields
-from plait.proto.native import h2_module
 from plait.proxy import batching
 from plait.proxy.downstream import Stream
 from plait.proxy.local_reply import local_reply_fields
@@ -49,9 +48,6 @@ __all__ = ["H2DownStream", "H2DownstreamConnection", "SERVER_CONFIG"]
 
 # No Huffman coding of the header strings we send (see h2_upstream.CLIENT_CONFIG).
 SERVER_CONFIG = H2Config(client=False, huffman=False, eager_connection_credit=True)
-# The codec: its mypyc-compiled copy when one was built from the current source.
-CODEC: type[H2Connection] = getattr(h2_module("connection"), "H2Connection", H2Connection)
-response_fields = getattr(h2_module("headers"), "response_fields", response_fields)
 _LOW_WATER = WRITE_HIGH_WATER // 2
 
 
@@ -168,7 +164,7 @@ class H2DownstreamConnection(batching.MultiplexedWriter):
         self.ctx = ctx
         self.loop = ctx.loop
         self.transport: asyncio.Transport | None = None
-        self.codec = CODEC(SERVER_CONFIG)
+        self.codec = H2Connection(SERVER_CONFIG)
         self.streams: dict[int, H2DownStream] = {}
         self.full: dict[int, H2DownStream] = {}  # streams whose queued response paused upstream
         self.closed = False

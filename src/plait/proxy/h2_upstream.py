@@ -29,7 +29,6 @@ from plait.proto.h2 import (
     StreamReset,
     WindowUpdated,
 )
-from plait.proto.native import h2_module
 from plait.proxy import batching
 from plait.proxy.upstream import WRITE_HIGH_WATER
 
@@ -49,8 +48,6 @@ __all__ = [
 # Header strings go out without Huffman coding (optional, RFC 7541 section 5.2): in pure
 # Python it costs more CPU per request than the bytes it saves on a local link are worth.
 CLIENT_CONFIG = H2Config(client=True, huffman=False, eager_connection_credit=True)
-# The codec: its mypyc-compiled copy when one was built from the current source.
-CODEC: type[H2Connection] = getattr(h2_module("connection"), "H2Connection", H2Connection)
 _LOW_WATER = WRITE_HIGH_WATER // 2
 
 
@@ -150,7 +147,7 @@ class H2UpstreamConnection(batching.MultiplexedWriter):
     def __init__(self, host: Host) -> None:
         self.host = host
         self.transport: asyncio.Transport | None = None
-        self.codec = CODEC(CLIENT_CONFIG)
+        self.codec = H2Connection(CLIENT_CONFIG)
         self.streams: dict[int, H2UpStream] = {}
         self.full: dict[int, H2UpStream] = {}
         self.closed = False
