@@ -7,6 +7,8 @@ per chunk (data), so they stay cheap on the hot path.
 
 from __future__ import annotations
 
+from typing import Final
+
 __all__ = [
     "NO_BODY",
     "LENGTH",
@@ -24,10 +26,10 @@ __all__ = [
 Headers = list[tuple[bytes, bytes]]
 
 # How a message's body is delimited on the wire (RFC 9112 section 6).
-NO_BODY = 0
-LENGTH = 1
-CHUNKED = 2
-UNTIL_CLOSE = 3
+NO_BODY: Final = 0
+LENGTH: Final = 1
+CHUNKED: Final = 2
+UNTIL_CLOSE: Final = 3
 
 
 class RequestHead:
@@ -105,4 +107,4 @@ class EndOfStream:
         return "END_OF_STREAM"
 
 
-END_OF_STREAM = EndOfStream()
+END_OF_STREAM: Final = EndOfStream()

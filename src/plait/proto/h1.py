@@ -20,7 +20,7 @@ No I/O here: everything is testable by feeding bytes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import httptools
 
@@ -50,12 +50,12 @@ __all__ = [
 ]
 
 # 60 KiB and 100 fields: Envoy's defaults for max_request_headers_kb / max_headers_count.
-DEFAULT_MAX_HEAD_BYTES = 60 * 1024
-DEFAULT_MAX_HEADERS = 100
+DEFAULT_MAX_HEAD_BYTES: Final = 60 * 1024
+DEFAULT_MAX_HEADERS: Final = 100
 
 # RFC 9110 section 7.6.1: fields that describe one connection, never forwarded. Framing
 # (transfer-encoding, content-length) is re-derived by the writer, so it is handled apart.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -69,7 +69,7 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-LAST_CHUNK = b"0\r\n\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
 def chunk(data: bytes) -> bytes:
@@ -367,7 +367,7 @@ class ResponseReader(_Reader):
 
 # writers ---------------------------------------------------------------------------------
 
-_REASONS = {
+_REASONS: Final = {
     100: b"Continue",
     200: b"OK",
     201: b"Created",

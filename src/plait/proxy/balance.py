@@ -23,7 +23,7 @@ from bisect import bisect
 from collections.abc import Callable, Collection, Sequence
 from hashlib import blake2b
 from time import monotonic
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from plait.config.traffic_policy import LbPolicy
@@ -44,16 +44,16 @@ __all__ = [
 
 # Linkerd's defaults (linkerd2-proxy `balance`): a new endpoint is assumed to answer in 30 ms,
 # and a peak is forgotten with a 10 s time constant, so a slow endpoint is retried now and then.
-DEFAULT_RTT = 0.030
-DEFAULT_DECAY = 10.0
+DEFAULT_RTT: Final = 0.030
+DEFAULT_DECAY: Final = 10.0
 # Points per host on the ring. Fixed per host (not shared out of a total), so the points of
 # the other hosts stay put when one leaves: only the leaver's keys move (about 1/N of them).
 # 256 keeps each host's share within about +-10 % of fair.
-POINTS_PER_HOST = 256
+POINTS_PER_HOST: Final = 256
 # Envoy's default minimum ring size: small clusters get more points per host to reach it.
-MIN_RING_SIZE = 1024
+MIN_RING_SIZE: Final = 1024
 # Envoy's default panic threshold: below 50 % healthy, trust no health verdict.
-PANIC_THRESHOLD = 50
+PANIC_THRESHOLD: Final = 50
 
 
 class Balanced(Protocol):
@@ -365,7 +365,7 @@ def panic_hosts(
     return tuple(healthy), False
 
 
-_KINDS: dict[str, Callable[..., Balancer]] = {
+_KINDS: Final[dict[str, Callable[..., Balancer]]] = {
     "ROUND_ROBIN": RoundRobin,
     "RANDOM": Random,
     "LEAST_REQUEST": LeastRequest,

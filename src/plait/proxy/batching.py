@@ -9,7 +9,7 @@ a connect task) goes out at once, so nothing can be left waiting for a flush.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 __all__ = [
     "STREAMS_PER_WRITE",
@@ -29,7 +29,7 @@ __all__ = [
 # peer proxy waits for the whole batch, then this proxy waits for the peer's: on two cores the
 # pair sat 20 % idle. A write per 12 streams keeps the records few and the peer busy
 # (bench/RESULTS.md, "Fourth round").
-STREAMS_PER_WRITE = 12
+STREAMS_PER_WRITE: Final = 12
 
 
 class Batchable(Protocol):

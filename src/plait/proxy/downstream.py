@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from plait.proto import grpc
 from plait.proto.errors import ProtocolError
@@ -79,27 +79,27 @@ Downstream = Any
 Upstream = Any
 
 # Request bodies up to this size are kept so a stale pooled connection can be retried.
-REPLAY_LIMIT = 64 * 1024
+REPLAY_LIMIT: Final = 64 * 1024
 # Reasons to stop reading the downstream socket (a bit each; read resumes when none is left).
-PAUSE_PIPELINE = 1  # a later request waits for the current response
-PAUSE_UPSTREAM = 2  # the upstream socket's write buffer is full
-PAUSE_CONNECTING = 4  # body bytes wait for an upstream connection
+PAUSE_PIPELINE: Final = 1  # a later request waits for the current response
+PAUSE_UPSTREAM: Final = 2  # the upstream socket's write buffer is full
+PAUSE_CONNECTING: Final = 4  # body bytes wait for an upstream connection
 # 8: PAUSE_UPGRADE (plait.proxy.upgrade), bytes after an upgrade request wait for its answer
 # RFC 9110 section 9.2.2: methods a client may repeat without changing the outcome.
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 # Retry back-off jitter (full jitter); a module-level generator, seeded by the OS.
-_RNG = random.Random()
+_RNG: Final = random.Random()
 
 
-OVERLOADED = b"x-plait-overloaded: true\r\n"
-DEADLINE = b"x-plait-deadline"
-GRPC_TIMEOUT = b"grpc-timeout"
+OVERLOADED: Final = b"x-plait-overloaded: true\r\n"
+DEADLINE: Final = b"x-plait-deadline"
+GRPC_TIMEOUT: Final = b"grpc-timeout"
 # An HTTP/1.1 request carried over the HTTP/2 connection between proxies (h2UpgradePolicy).
-UPGRADED = b"x-plait-h2-upgraded"
-ATTEMPT = b"x-plait-attempt-count"
+UPGRADED: Final = b"x-plait-h2-upgraded"
+ATTEMPT: Final = b"x-plait-attempt-count"
 # The start of the HTTP/2 client preface: an h2c connection with prior knowledge.
-H2_PREFACE_START = b"PRI * HTTP/2.0\r\n"
-_H2_PROTOCOLS = ("http2", "grpc", "h2c", "h2")
+H2_PREFACE_START: Final = b"PRI * HTTP/2.0\r\n"
+_H2_PROTOCOLS: Final = ("http2", "grpc", "h2c", "h2")
 
 
 def _deadline_ms(headers: Headers) -> int:
@@ -111,7 +111,7 @@ def _deadline_ms(headers: Headers) -> int:
 
 
 # A peer proxy's local replies that prove the request never reached its app.
-_NEVER_SENT = (b"UF", b"UH")
+_NEVER_SENT: Final = (b"UF", b"UH")
 
 
 def _grpc_deadline(forward: Headers, deadline_ms: int) -> tuple[Headers, int]:
@@ -156,8 +156,8 @@ def _pending(breaker: CircuitBreaker) -> bool:
 
 
 # RFC 9562 section 5.4: version 4 in bits 48-51, variant 0b10 in bits 64-65 (from the left).
-_UUID_CLEAR = ~((0xF << 76) | (0x3 << 62))
-_UUID_SET = (0x4 << 76) | (0x2 << 62)
+_UUID_CLEAR: Final = ~((0xF << 76) | (0x3 << 62))
+_UUID_SET: Final = (0x4 << 76) | (0x2 << 62)
 _getrandbits = _RNG.getrandbits
 
 
@@ -386,6 +386,7 @@ class Stream:
         # `down` is the HTTP/1.1 connection, or an HTTP/2 stream handle (`h2` is then True)
         # with the same methods plus send_head/send_end/local_reply (see h2_downstream).
         self.down: Downstream = down
+        self.ctx: ListenerContext = down.ctx  # typed: the compiled stream reaches it natively
         self.head = head
         self.method = head.method
         self.authority = b""
@@ -435,7 +436,7 @@ class Stream:
     # request side --------------------------------------------------------------------
     def start(self) -> None:
         down = self.down
-        ctx = down.ctx
+        ctx = self.ctx
         ctx.stats.rq_total += 1
         head = self.head
         target = head.target
@@ -576,7 +577,7 @@ class Stream:
 
     def wants_h2(self, cluster: ClusterRuntime) -> bool:
         """Whether the request goes upstream over HTTP/2 (issue 8 items 1-2)."""
-        ctx = self.down.ctx
+        ctx = self.ctx
         inbound = ctx.kind == "inbound"
         if not cluster.protocol:  # once per cluster and snapshot
             cluster.resolve_protocol(ctx.app_protocol() if inbound else "")
@@ -625,7 +626,7 @@ class Stream:
         if cluster is None:
             self.local_reply(503, "UH")
             return
-        ctx = self.down.ctx
+        ctx = self.ctx
         self.cluster = cluster
         cluster.budget.deposit()  # every request earns retry budget (Linkerd's semantics)
         if not cluster.breaker.try_acquire_request():
@@ -699,7 +700,7 @@ class Stream:
                 self.attach(conn)  # type: ignore[arg-type]
             return
         self.connecting = True
-        ctx = self.down.ctx
+        ctx = self.ctx
         if not self.request_complete:
             self.down.pause_reading(PAUSE_CONNECTING)
         if waits:
@@ -752,7 +753,7 @@ class Stream:
                     stream.h2_ready(host.take_h2())
 
     async def _connect(self, host: Host) -> None:
-        ctx = self.down.ctx
+        ctx = self.ctx
         cluster = self.cluster
         assert cluster is not None
         breaker = cluster.breaker
@@ -792,7 +793,7 @@ class Stream:
     def attach(self, conn: UpstreamConnection) -> None:
         decision = self.decision
         if decision is not None and decision.backend_timeout_ms:
-            self.try_timer = self.down.ctx.loop.call_later(
+            self.try_timer = self.ctx.loop.call_later(
                 decision.backend_timeout_ms / 1000, self.on_timeout
             )
         self.upstream = conn
@@ -812,7 +813,7 @@ class Stream:
         """Send the request on a new stream of a multiplexed HTTP/2 connection."""
         decision = self.decision
         if decision is not None and decision.backend_timeout_ms:
-            self.try_timer = self.down.ctx.loop.call_later(
+            self.try_timer = self.ctx.loop.call_later(
                 decision.backend_timeout_ms / 1000, self.on_timeout
             )
         pending = self.pending_body
@@ -856,7 +857,7 @@ class Stream:
         """The request's trailer section (END_OF_STREAM follows): kept, replays included, for
         an upstream leg that can carry it (HTTP/2, or chunked HTTP/1.1); else dropped."""
         if self.up_chunked or self.up_h2:
-            self.req_trailers = clean_trailers(fields, self.down.ctx.drop_headers)
+            self.req_trailers = clean_trailers(fields, self.ctx.drop_headers)
 
     def request_end(self) -> None:
         self.request_complete = True
@@ -987,7 +988,7 @@ class Stream:
             # request body cannot be skipped safely on a reused connection.
             self.down_keep_alive = False
             self.up_keep_alive = False
-        ctx = down.ctx
+        ctx = self.ctx
         if not self.down_keep_alive or ctx.draining:
             self.down_keep_alive = False
             headers.append((b"connection", b"close"))
@@ -1026,7 +1027,7 @@ class Stream:
                 conn.served
             )  # maxRequestsPerConnection
             if reuse and self.up_keep_alive and self.request_complete and self.host is not None:
-                self.host.put_idle(conn, self.down.ctx.loop.time())
+                self.host.put_idle(conn, self.ctx.loop.time())
             else:
                 conn.close()
         # A response that ends before its request closes the downstream (see done()).
@@ -1066,7 +1067,7 @@ class Stream:
             self.end_try()
             self.pending_body = list(self.replay)
             self.tried = self.tried[:-1]
-            self.down.ctx.stats.upstream_rq_retry += 1
+            self.ctx.stats.upstream_rq_retry += 1
             self.pick_and_send(fresh=True)
             return
         self.local_reply(503, "UC")
@@ -1085,7 +1086,7 @@ class Stream:
 
     def request_broken(self, exc: ProtocolError) -> None:
         """The rest of the request body is bad bytes: the request can never complete."""
-        self.down.ctx.stats.downstream_protocol_errors += 1
+        self.ctx.stats.downstream_protocol_errors += 1
         if self.response_started:
             conn = self.upstream
             self.upstream = None
@@ -1107,7 +1108,7 @@ class Stream:
             self.retry_slot = False
         decision = self.decision
         policy = decision.retry if decision is not None else DEFAULT_RETRY_POLICY
-        ctx = self.down.ctx
+        ctx = self.ctx
         refused = cluster.budget.refused
         if not may_retry(policy, outcome, self.retries_done, cluster.budget, cluster.breaker):
             if cluster.budget.refused > refused and ctx.metrics is not None:
@@ -1131,7 +1132,7 @@ class Stream:
 
     def overflow(self) -> None:
         """A circuit breaker limit is reached: 503 UO at once, never a queue."""
-        metrics = self.down.ctx.metrics
+        metrics = self.ctx.metrics
         if metrics is not None and self.cluster is not None:
             metrics.metrics.circuit_breaker_overflow.labels(self.cluster.name).inc()
         self.local_reply(503, "UO", extra=OVERLOADED)
@@ -1160,7 +1161,7 @@ class Stream:
             self.try_timer = None
         if self.finished:
             return
-        self.down.ctx.stats.upstream_rq_timeout += 1
+        self.ctx.stats.upstream_rq_timeout += 1
         conn = self.upstream
         self.upstream = None
         if conn is not None:
@@ -1206,7 +1207,7 @@ class Stream:
             self.down.local_reply(status, flags, detail, extra, self.grpc)
             self.done()
             return
-        close = not self.request_complete or not self.down_keep_alive or self.down.ctx.draining
+        close = not self.request_complete or not self.down_keep_alive or self.ctx.draining
         if close:
             self.down_keep_alive = False
         body = local_reply_bytes(status, flags, detail, close=close, extra=extra)
@@ -1241,6 +1242,6 @@ class Stream:
             self.upstream = None
             conn.abort()
         down = self.down
-        down.ctx.record(self)
+        self.ctx.record(self)
         keep_alive = self.down_keep_alive and self.request_complete and not down.closed
         down.stream_done(self, keep_alive)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from plait.proto.events import END_OF_STREAM, Data, Headers, RequestHead, ResponseHead, Trailers
 from plait.proto.h2 import (
@@ -47,8 +47,8 @@ if TYPE_CHECKING:
 __all__ = ["H2DownStream", "H2DownstreamConnection", "SERVER_CONFIG"]
 
 # No Huffman coding of the header strings we send (see h2_upstream.CLIENT_CONFIG).
-SERVER_CONFIG = H2Config(client=False, huffman=False, eager_connection_credit=True)
-_LOW_WATER = WRITE_HIGH_WATER // 2
+SERVER_CONFIG: Final = H2Config(client=False, huffman=False, eager_connection_credit=True)
+_LOW_WATER: Final = WRITE_HIGH_WATER // 2
 
 
 class H2DownStream:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from plait.proto.events import Data, Headers, RequestHead
 from plait.proto.h2 import (
@@ -47,8 +47,8 @@ __all__ = [
 
 # Header strings go out without Huffman coding (optional, RFC 7541 section 5.2): in pure
 # Python it costs more CPU per request than the bytes it saves on a local link are worth.
-CLIENT_CONFIG = H2Config(client=True, huffman=False, eager_connection_credit=True)
-_LOW_WATER = WRITE_HIGH_WATER // 2
+CLIENT_CONFIG: Final = H2Config(client=True, huffman=False, eager_connection_credit=True)
+_LOW_WATER: Final = WRITE_HIGH_WATER // 2
 
 
 def h2_client_context(

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from plait.identity.tls import PeerVerificationError, verify_peer
 from plait.proto.events import Headers
@@ -43,20 +43,20 @@ __all__ = ["ListenerContext", "ProxySettings", "OUTBOUND", "INBOUND", "GATEWAY"]
 OUTBOUND, INBOUND, GATEWAY = "outbound", "inbound", "gateway"
 # (TLS context or None, SPIFFE IDs the peer must prove (None: the host's own), SNI)
 UpstreamTls = tuple["ssl.SSLContext | None", "tuple[str, ...] | None", str]
-NO_TLS: UpstreamTls = (None, None, "")
-XFCC = b"x-forwarded-client-cert"
-ATTEMPT = b"x-plait-attempt-count"
+NO_TLS: Final[UpstreamTls] = (None, None, "")
+XFCC: Final = b"x-forwarded-client-cert"
+ATTEMPT: Final = b"x-plait-attempt-count"
 # Never forwarded as received: hop-by-hop fields, a client-certificate header that only the
 # inbound proxy may set (a caller could forge it to impersonate another workload), and the
 # marker one proxy gives the next for an HTTP/1.1 request it carries over HTTP/2.
-DROP_HEADERS = HOP_BY_HOP | {XFCC, UPGRADED}
+DROP_HEADERS: Final = HOP_BY_HOP | {XFCC, UPGRADED}
 
 log = logging.getLogger("plait.proxy.listener")
 
 # The cluster to balance over (None: no healthy host, or the decision answers locally) and
 # the route decision (filters, timeouts, faults); None: no route (404 NR).
 RouteResult = tuple[ClusterRuntime | None, Decision] | None
-INBOUND_DECISION = Decision(APP_CLUSTER, "inbound|app")
+INBOUND_DECISION: Final = Decision(APP_CLUSTER, "inbound|app")
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
+from typing import Final
 from urllib.parse import parse_qsl
 
 from plait.config.snapshot import (
@@ -47,11 +48,13 @@ from plait.proxy.resilience import DEFAULT_RETRY_POLICY, RetryPolicy
 
 __all__ = ["NO_SERVICE", "Decision", "RouteTable", "parse_query", "split_authority"]
 
-NO_SERVICE = ("", "")  # the service of a Decision that answers locally
+NO_SERVICE: Final = ("", "")  # the service of a Decision that answers locally
 _ANY, _EXACT, _PREFIX, _REGEX = range(4)
-_PATH_ORDER = {"Exact": 0, "RegularExpression": 1, "PathPrefix": 2}
+_PATH_ORDER: Final = {"Exact": 0, "RegularExpression": 1, "PathPrefix": 2}
 # Gateway API: a rule whose backends can take no traffic (none, or all weight 0) answers 500.
-_NO_BACKEND = LocalReply(500, "NC", (), b"no backend: the matched rule has none of weight > 0")
+_NO_BACKEND: Final = LocalReply(
+    500, "NC", (), b"no backend: the matched rule has none of weight > 0"
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ import socket
 import ssl
 from collections.abc import Iterable, Iterator, Mapping
 from time import monotonic
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from plait.config.snapshot import Cluster, Endpoint
 from plait.config.traffic_policy import ClusterPolicy
@@ -40,9 +40,9 @@ __all__ = ["ClusterRuntime", "Host", "HostRegistry", "UpstreamConnection"]
 log = logging.getLogger("plait.proxy.upstream")
 
 # Above this many bytes queued for a socket we pause the other side (explicit high water).
-WRITE_HIGH_WATER = 64 * 1024
+WRITE_HIGH_WATER: Final = 64 * 1024
 # Idle pooled connections kept per host; more are closed rather than hoarded.
-MAX_IDLE_PER_HOST = 64
+MAX_IDLE_PER_HOST: Final = 64
 # SO_MARK put on upstream sockets (0: none), so `plait capture --proxy-mark` can exempt the
 # proxy's own connections from the redirect. Set once at start (`set_socket_mark`).
 SOCKET_MARK = 0

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import IO, Any
+from typing import IO, Any, Final
 
 __all__ = ["FLUSH_BYTES", "JsonLines"]
 
-FLUSH_BYTES = 64 * 1024
+FLUSH_BYTES: Final = 64 * 1024
 
 
 class JsonLines:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol, TypeVar
+from typing import Final, NamedTuple, Protocol, TypeVar
 
 __all__ = [
     "BYTES_BUCKETS",
@@ -45,13 +45,13 @@ __all__ = [
 # adds `histogram_bucket_settings` only when a pod has the `sidecar.istio.io/
 # statsHistogramBuckets` annotation, so a stock sidecar exports these for ALL istio_*
 # histograms, the byte-size ones included.
-DURATION_BUCKETS: tuple[float, ...] = (
+DURATION_BUCKETS: Final[tuple[float, ...]] = (
     0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
     300000, 600000, 1800000, 3600000,
 )  # fmt: skip
-BYTES_BUCKETS: tuple[float, ...] = DURATION_BUCKETS
+BYTES_BUCKETS: Final[tuple[float, ...]] = DURATION_BUCKETS
 
-UNKNOWN = "unknown"
+UNKNOWN: Final = "unknown"
 Labels = tuple[tuple[str, str], ...]
 
 
@@ -98,7 +98,7 @@ class Peer:
     cluster: str = UNKNOWN
 
 
-UNKNOWN_PEER = Peer()
+UNKNOWN_PEER: Final = Peer()
 
 
 def _static_labels(
@@ -359,7 +359,7 @@ class IstioMetrics:
 
 # --- per-endpoint metrics --------------------------------------------------------------
 
-_CODE_CLASSES = ("", "1xx", "2xx", "3xx", "4xx", "5xx")
+_CODE_CLASSES: Final = ("", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 class EndpointSeries:

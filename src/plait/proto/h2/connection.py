@@ -22,6 +22,8 @@ in `sending.py`, connection-level frames in `control.py`, shared state in `state
 
 from __future__ import annotations
 
+from typing import Final
+
 from plait.proto.events import END_OF_STREAM, Data
 from plait.proto.h2 import headers as hdrs
 from plait.proto.h2.control import ControlFrames
@@ -62,7 +64,7 @@ from plait.proto.h2.streams import (
 
 __all__ = ["H2Connection", "StreamEvent"]
 
-_STATUS_431 = [(b":status", b"431")]
+_STATUS_431: Final = [(b":status", b"431")]
 
 
 class H2Connection(ControlFrames):

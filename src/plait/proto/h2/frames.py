@@ -9,6 +9,7 @@ frame only harms its stream.
 from __future__ import annotations
 
 import struct
+from typing import Final
 
 from plait.proto.h2.errors import ErrorCode, H2ConnectionError, H2StreamError
 
@@ -54,37 +55,37 @@ __all__ = [
 ]
 
 # Frame types (RFC 9113 section 6).
-DATA = 0x0
-HEADERS = 0x1
-PRIORITY = 0x2
-RST_STREAM = 0x3
-SETTINGS = 0x4
-PUSH_PROMISE = 0x5
-PING = 0x6
-GOAWAY = 0x7
-WINDOW_UPDATE = 0x8
-CONTINUATION = 0x9
+DATA: Final = 0x0
+HEADERS: Final = 0x1
+PRIORITY: Final = 0x2
+RST_STREAM: Final = 0x3
+SETTINGS: Final = 0x4
+PUSH_PROMISE: Final = 0x5
+PING: Final = 0x6
+GOAWAY: Final = 0x7
+WINDOW_UPDATE: Final = 0x8
+CONTINUATION: Final = 0x9
 
 # Flags; each is meaningful only on the frame types the RFC lists for it.
-FLAG_END_STREAM = 0x1  # DATA, HEADERS
-FLAG_ACK = 0x1  # SETTINGS, PING
-FLAG_END_HEADERS = 0x4  # HEADERS, PUSH_PROMISE, CONTINUATION
-FLAG_PADDED = 0x8  # DATA, HEADERS, PUSH_PROMISE
-FLAG_PRIORITY = 0x20  # HEADERS
+FLAG_END_STREAM: Final = 0x1  # DATA, HEADERS
+FLAG_ACK: Final = 0x1  # SETTINGS, PING
+FLAG_END_HEADERS: Final = 0x4  # HEADERS, PUSH_PROMISE, CONTINUATION
+FLAG_PADDED: Final = 0x8  # DATA, HEADERS, PUSH_PROMISE
+FLAG_PRIORITY: Final = 0x20  # HEADERS
 
 # RFC 9113 section 3.4: the client connection preface.
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 # (type, flags, stream id, payload): what FrameBuffer cuts.
 Frame = tuple[int, int, int, bytes]
 
 # Section 4.1: 24-bit length, 8-bit type, 8-bit flags, 1 reserved bit + 31-bit stream id.
-_HEADER = struct.Struct(">HBBBL")
-_U32 = struct.Struct(">L")
-_U32_U32 = struct.Struct(">LL")
-_PRIORITY = struct.Struct(">LB")
-_SETTING = struct.Struct(">HL")
-_STREAM_MASK = 0x7FFFFFFF
+_HEADER: Final = struct.Struct(">HBBBL")
+_U32: Final = struct.Struct(">L")
+_U32_U32: Final = struct.Struct(">LL")
+_PRIORITY: Final = struct.Struct(">LB")
+_SETTING: Final = struct.Struct(">HL")
+_STREAM_MASK: Final = 0x7FFFFFFF
 
 
 class FrameBuffer:
@@ -299,4 +300,4 @@ def window_update_frame(stream_id: int, increment: int) -> bytes:
     return frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(increment))
 
 
-_SETTINGS_ACK = frame(SETTINGS, FLAG_ACK, 0, b"")
+_SETTINGS_ACK: Final = frame(SETTINGS, FLAG_ACK, 0, b"")

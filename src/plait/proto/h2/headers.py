@@ -12,6 +12,8 @@ resets only that stream (section 8.1.1).
 
 from __future__ import annotations
 
+from typing import Final
+
 from plait.proto.events import CHUNKED, LENGTH, NO_BODY, Headers, RequestHead, ResponseHead
 from plait.proto.h2.errors import H2StreamError
 
@@ -26,12 +28,12 @@ __all__ = [
 Field = tuple[bytes, bytes]
 
 # Section 8.2.2: fields that only make sense for one HTTP/1 connection.
-_CONNECTION_SPECIFIC = frozenset(
+_CONNECTION_SPECIFIC: Final = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
-_DROP_ON_SEND = _CONNECTION_SPECIFIC | {b"host"}
+_DROP_ON_SEND: Final = _CONNECTION_SPECIFIC | {b"host"}
 
-_STATUS_BYTES = {code: b"%d" % code for code in range(100, 600)}
+_STATUS_BYTES: Final = {code: b"%d" % code for code in range(100, 600)}
 
 
 def _malformed(reason: str) -> H2StreamError:

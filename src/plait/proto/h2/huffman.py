@@ -9,12 +9,14 @@ stays under 64 bits (codes are at most 30 bits) and compiles to machine ints und
 
 from __future__ import annotations
 
+from typing import Final
+
 from plait.proto.h2.errors import CompressionError
 
 __all__ = ["decode", "encode", "encoded_length"]
 
 # RFC 7541 Appendix B: (code, bit length) for byte values 0..255 and EOS (256).
-CODES: list[tuple[int, int]] = [
+CODES: Final[list[tuple[int, int]]] = [
     (0x1FF8, 13),
     (0x7FFFD8, 23),
     (0xFFFFFE2, 28),
@@ -274,13 +276,13 @@ CODES: list[tuple[int, int]] = [
     (0x3FFFFFFF, 30),  # 256
 ]
 
-_CODE = [c for c, _ in CODES[:256]]
-_BITS = [n for _, n in CODES[:256]]
-_EOS = 256
+_CODE: Final = [c for c, _ in CODES[:256]]
+_BITS: Final = [n for _, n in CODES[:256]]
+_EOS: Final = 256
 
 # Decoder entries, packed into one int: next state << 16 | flags << 8 | symbol.
-_EMIT = 0x100
-_FAIL = 0x200
+_EMIT: Final = 0x100
+_FAIL: Final = 0x200
 
 
 def _build_decoder() -> tuple[list[int], list[bool]]:

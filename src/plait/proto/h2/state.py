@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Final
 
 from plait.proto.h2.config import DEFAULT_SERVER, H2Config
 from plait.proto.h2.errors import ErrorCode, H2ConnectionError, H2StreamError
@@ -34,17 +35,17 @@ StreamEvent = tuple[int, object]
 Fields = list[tuple[bytes, bytes]]
 
 # SETTINGS identifiers (RFC 9113 section 6.5.2).
-HEADER_TABLE_SIZE = 0x1
-ENABLE_PUSH = 0x2
-MAX_CONCURRENT_STREAMS = 0x3
-INITIAL_WINDOW_SIZE = 0x4
-MAX_FRAME_SIZE = 0x5
-MAX_HEADER_LIST_SIZE = 0x6
+HEADER_TABLE_SIZE: Final = 0x1
+ENABLE_PUSH: Final = 0x2
+MAX_CONCURRENT_STREAMS: Final = 0x3
+INITIAL_WINDOW_SIZE: Final = 0x4
+MAX_FRAME_SIZE: Final = 0x5
+MAX_HEADER_LIST_SIZE: Final = 0x6
 
-MAX_WINDOW = 2**31 - 1  # section 6.9.1
-DEFAULT_WINDOW = 65535  # section 6.9.2, until SETTINGS say otherwise
-_UNLIMITED = 2**31 - 1
-_ENCODER_TABLE_CAP = 4096  # our memory bound for the table a peer lets us keep
+MAX_WINDOW: Final = 2**31 - 1  # section 6.9.1
+DEFAULT_WINDOW: Final = 65535  # section 6.9.2, until SETTINGS say otherwise
+_UNLIMITED: Final = 2**31 - 1
+_ENCODER_TABLE_CAP: Final = 4096  # our memory bound for the table a peer lets us keep
 
 
 class ConnectionState:

@@ -25,6 +25,8 @@ state: `head_done` says the final head went by, so a later HEADERS is a trailer 
 
 from __future__ import annotations
 
+from typing import Final
+
 __all__ = [
     "CLOSED",
     "HALF_CLOSED_LOCAL",
@@ -43,24 +45,24 @@ __all__ = [
 ]
 
 # States.
-IDLE = 0
-OPEN = 1
-HALF_CLOSED_LOCAL = 2
-HALF_CLOSED_REMOTE = 3
-CLOSED = 4
-STATE_NAMES = ("idle", "open", "half-closed (local)", "half-closed (remote)", "closed")
+IDLE: Final = 0
+OPEN: Final = 1
+HALF_CLOSED_LOCAL: Final = 2
+HALF_CLOSED_REMOTE: Final = 3
+CLOSED: Final = 4
+STATE_NAMES: Final = ("idle", "open", "half-closed (local)", "half-closed (remote)", "closed")
 
 # Inputs: the frame, then END_STREAM if it carries the flag.
-SEND_HEADERS = 0
-SEND_DATA = 1
-SEND_END_STREAM = 2
-RECV_HEADERS = 3
-RECV_DATA = 4
-RECV_END_STREAM = 5
-_INPUTS = 6
+SEND_HEADERS: Final = 0
+SEND_DATA: Final = 1
+SEND_END_STREAM: Final = 2
+RECV_HEADERS: Final = 3
+RECV_DATA: Final = 4
+RECV_END_STREAM: Final = 5
+_INPUTS: Final = 6
 
 # RFC 9113 section 5.1, figure 2, without the reserved states and RST_STREAM.
-_TRANSITIONS: dict[tuple[int, int], int] = {
+_TRANSITIONS: Final[dict[tuple[int, int], int]] = {
     (IDLE, SEND_HEADERS): OPEN,
     (IDLE, RECV_HEADERS): OPEN,
     (OPEN, SEND_HEADERS): OPEN,  # 1xx heads, the final head, trailers
@@ -85,7 +87,7 @@ def _flat_table() -> list[int]:
     return table
 
 
-_TABLE = _flat_table()
+_TABLE: Final = _flat_table()
 
 
 def next_state(state: int, event: int) -> int:

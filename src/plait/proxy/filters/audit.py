@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, Final
 
 from plait.proxy.filters.authz import Decision, RequestAttributes
 from plait.proxy.filters.jwt_authn import AuthnResult
@@ -28,8 +28,8 @@ __all__ = [
     "rbac_denied_reply",
 ]
 
-RBAC_FLAG = "RBAC"  # Envoy's response flag for a request denied by authorization policy
-RBAC_DENIED_BODY = b"RBAC: access denied"  # Envoy's body, byte for byte
+RBAC_FLAG: Final = "RBAC"  # Envoy's response flag for a request denied by authorization policy
+RBAC_DENIED_BODY: Final = b"RBAC: access denied"  # Envoy's body, byte for byte
 
 
 def rbac_denied_reply(*, close: bool = False) -> bytes:

@@ -9,7 +9,7 @@ host's own series, which is what the mission's "request volume per target" shows
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from plait.config.snapshot import Node
 from plait.identity.spiffe import SpiffeId
@@ -152,4 +152,4 @@ class ListenerMetrics:
             endpoint.record(stream.status, duration_ms)  # type: ignore[attr-defined]
 
 
-UNKNOWN_DESTINATION = Peer()
+UNKNOWN_DESTINATION: Final = Peer()

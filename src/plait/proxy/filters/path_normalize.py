@@ -20,22 +20,25 @@ path). The result starts with `/`, and normalizing it again changes nothing.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 __all__ = ["InvalidPath", "normalize_path"]
 
 # RFC 3986 section 2.3.
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_HEX = frozenset(b"0123456789abcdefABCDEF")
-_SLASH_OR_BACKSLASH = frozenset(b"/\\")
-_FORBIDDEN = re.compile(rb"[^\x21-\x7e]|#")
+_UNRESERVED: Final = frozenset(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
+)
+_HEX: Final = frozenset(b"0123456789abcdefABCDEF")
+_SLASH_OR_BACKSLASH: Final = frozenset(b"/\\")
+_FORBIDDEN: Final = re.compile(rb"[^\x21-\x7e]|#")
 # Anything that may need work or refusal; most paths have none of it and are returned as is.
-_SUSPECT = re.compile(rb"[^\x21-\x7e]|[#%\\]|//|/\.")
-_SLASHES = re.compile(rb"/{2,}")
+_SUSPECT: Final = re.compile(rb"[^\x21-\x7e]|[#%\\]|//|/\.")
+_SLASHES: Final = re.compile(rb"/{2,}")
 # Paths repeat (every gRPC call names its method): short ones found already normal are
 # remembered, process-wide and bounded (emptied when full: at most 4,096 of 128 bytes).
-_ALREADY_NORMAL: set[bytes] = set()
-_REMEMBERED_LENGTH = 128
-_REMEMBERED_MAX = 4096
+_ALREADY_NORMAL: Final[set[bytes]] = set()
+_REMEMBERED_LENGTH: Final = 128
+_REMEMBERED_MAX: Final = 4096
 
 
 class InvalidPath(ValueError):

@@ -14,15 +14,15 @@ What each counts in plait's data path:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from plait.config.traffic_policy import PoolLimits
 
 __all__ = ["OVERFLOW_FLAG", "OVERFLOW_STATUS", "OVERLOADED_HEADER", "CircuitBreaker"]
 
-OVERFLOW_STATUS = 503
-OVERFLOW_FLAG = "UO"  # Envoy's response flag: upstream overflow
-OVERLOADED_HEADER = (b"x-plait-overloaded", b"true")  # as Envoy's x-envoy-overloaded
+OVERFLOW_STATUS: Final = 503
+OVERFLOW_FLAG: Final = "UO"  # Envoy's response flag: upstream overflow
+OVERLOADED_HEADER: Final = (b"x-plait-overloaded", b"true")  # as Envoy's x-envoy-overloaded
 
 
 class CircuitBreaker:

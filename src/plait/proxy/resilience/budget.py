@@ -12,15 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from time import monotonic
+from typing import Final
 
 from plait.config.traffic_policy import BudgetPolicy
 
 __all__ = ["RetryBudget"]
 
 # Tokens are integers in thousandths: exact sums, no float drift over millions of requests.
-_SCALE = 1000
+_SCALE: Final = 1000
 # Ten buckets: the window slides in ttl/10 steps (1 s for Linkerd's 10 s), as tower does.
-_BUCKETS = 10
+_BUCKETS: Final = 10
 
 
 class RetryBudget:
