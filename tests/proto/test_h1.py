@@ -20,6 +20,8 @@ from plait.proto.h1 import (
     LAST_CHUNK,
     RequestReader,
     ResponseReader,
+    _request_line_version,
+    _status_line_version,
     chunk,
     request_head_bytes,
     response_head_bytes,
@@ -215,3 +217,48 @@ def test_writers_round_trip_through_readers() -> None:
 def test_chunk_framing() -> None:
     assert chunk(b"hello") == b"5\r\nhello\r\n"
     assert chunk(b"x" * 26) == b"1a\r\n" + b"x" * 26 + b"\r\n"
+
+
+# The HTTP version: read off the start line when a head begins a feed, else from the parser.
+@pytest.mark.parametrize(
+    "feeds, versions",
+    [
+        ([b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"], [b"1.1"]),
+        ([b"GET / HTTP/1.0\r\nHost: a\r\n\r\n"], [b"1.0"]),
+        ([b"GET / HT", b"TP/1.0\r\nHost: a\r\n\r\n"], [b"1.0"]),  # start line split
+        ([b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.0\r\n\r\n"], [b"1.1", b"1.0"]),
+        (
+            [b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"],
+            [b"1.0", b"1.1"],
+        ),
+        ([b"\r\nGET / HTTP/1.0\r\n\r\n"], [b"1.0"]),  # an empty line before the request
+    ],
+)
+def test_request_versions(feeds: list[bytes], versions: list[bytes]) -> None:
+    reader = RequestReader()
+    heads = [e for data in feeds for e in reader.feed(data) if isinstance(e, RequestHead)]
+    assert [h.version for h in heads] == versions
+
+
+@pytest.mark.parametrize(
+    "data, version",
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", b"1.1"),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", b"1.0"),
+    ],
+)
+def test_response_versions(data: bytes, version: bytes) -> None:
+    reader = ResponseReader()
+    reader.expect(b"GET")
+    (head,) = [e for e in reader.feed(data) if isinstance(e, ResponseHead)]
+    assert head.version == version
+
+
+def test_a_start_line_is_read_only_up_to_its_own_end() -> None:
+    assert _request_line_version(b"GET / HTTP/1.1\r\nHost: a\r\n") == b"1.1"
+    # The first line ends in LF alone: what follows is not its version.
+    assert _request_line_version(b"GET / HTTP/1.0\nX: HTTP/1.1\r\n") == b""
+    assert _request_line_version(b"GET / HTTP/1.1") == b""  # not whole yet
+    assert _request_line_version(b"PRI * HTTP/2.0\r\n") == b""
+    assert _status_line_version(b"HTTP/1.0 200 OK\r\n") == b"1.0"
+    assert _status_line_version(b"HTTP/2 200\r\n") == b""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+
 import pytest
 
 from plait.telemetry.metrics import (
@@ -14,6 +16,8 @@ from plait.telemetry.metrics import (
     Peer,
     ProxyMetrics,
     Registry,
+    RequestSeries,
+    bucket,
 )
 
 # The label set of https://istio.io/latest/docs/reference/config/metrics/ ("Labels").
@@ -237,3 +241,22 @@ def test_a_family_name_registers_once():
     registry.counter("plait_a_total", "A.")
     with pytest.raises(ValueError, match="plait_a_total"):
         registry.gauge("plait_a_total", "A again.")
+
+
+def test_bucket_is_bisect_left() -> None:
+    bounds = DURATION_BUCKETS
+    values = [-1.0, 0.0, 0.5, *bounds, *(b + 0.001 for b in bounds), bounds[-1] * 10]
+    for value in values:
+        assert bucket(bounds, value) == bisect.bisect_left(bounds, value), value
+    assert bucket((), 1.0) == 0
+
+
+def test_requests_with_and_without_flags_count_in_separate_cells() -> None:
+    series = RequestSeries((("source_workload", "a"),), "mutual_tls", (1.0, 10.0), (100.0,))
+    series.record(200, "", "", 5.0, 10, 20)
+    series.record(200, "", "", 0.5, 10, 200)
+    series.record(200, "UF", "", 5.0, 10, 20)
+    cells = {dict(c.labels)["response_flags"]: c for c in series.cells()}
+    assert cells["-"].count == 2 and cells["UF"].count == 1
+    assert cells["-"].duration_counts == [1, 1, 0]
+    assert cells["-"].response_counts == [1, 1]

@@ -96,6 +96,24 @@ def _framing(headers: Headers, chunked: bool, no_body: bool) -> int:
     return -1  # caller decides: NO_BODY for requests, UNTIL_CLOSE for responses
 
 
+def _request_line_version(start: bytes) -> bytes:
+    """b"1.1" or b"1.0" if the first line of `start` is a request line ending in that
+    version; b"" if it is not there (or not whole)."""
+    end = start.find(b"\n")
+    if end < 9 or start[end - 9 : end - 4] != b"HTTP/":
+        return b""
+    version = start[end - 9 : end]
+    return b"1.1" if version == b"HTTP/1.1\r" else b"1.0" if version == b"HTTP/1.0\r" else b""
+
+
+def _status_line_version(start: bytes) -> bytes:
+    """b"1.1" or b"1.0" if `start` begins with a status line of that version, else b""."""
+    if start[:5] != b"HTTP/":
+        return b""
+    version = start[:9]
+    return b"1.1" if version == b"HTTP/1.1 " else b"1.0" if version == b"HTTP/1.0 " else b""
+
+
 class _Reader:
     """Shared state of the request and response readers; subclasses build the head."""
 
@@ -109,6 +127,8 @@ class _Reader:
         "_raw_in_trailer",
         "_mid_message",
         "_feed_fresh",
+        "_feed_data",
+        "_head_start",
         "_chunked",
         "_trailer_phase",
         "_trailers",
@@ -129,6 +149,8 @@ class _Reader:
         self._raw_in_trailer = 0
         self._mid_message = False  # between on_message_begin and on_message_complete
         self._feed_fresh = False  # nothing of the current feed belongs to an earlier message
+        self._feed_data = b""  # the current feed (see _version)
+        self._head_start = b""  # the feed the current head began, if it began one
         self._chunked = False
         self._trailer_phase = False
         self._trailers: Headers | None = None  # a chunked body's trailer fields, if any
@@ -146,6 +168,7 @@ class _Reader:
         # that starts after other bytes of the feed (a body's tail, pipelined requests) is
         # counted from the next feed, since how much of this one it holds is unknown.
         self._raw_in_head = 0 if self._feed_fresh else -1
+        self._head_start = self._feed_data if self._feed_fresh else b""
         self._feed_fresh = False
         self._mid_message = True
         self._chunked = False
@@ -184,6 +207,14 @@ class _Reader:
             raise HeadTooLarge(f"trailer section over {self.max_head_bytes} bytes")
         trailers.append((name.lower(), value))
 
+    def _version(self, start_line_version: bytes) -> bytes:
+        """The message's HTTP version. Read off the start line when the head began a feed
+        (`start_line_version` does that): httptools' get_http_version formats a new string
+        on each call, a measurable cost per request. Otherwise from the parser."""
+        version = start_line_version
+        self._head_start = b""
+        return version or self._parser.get_http_version().encode()
+
     def on_message_complete(self) -> None:
         self._mid_message = False
         if self._trailers is not None:
@@ -194,6 +225,7 @@ class _Reader:
     # feeding -------------------------------------------------------------------------
     def _feed(self, data: bytes) -> list[object]:
         self._feed_fresh = not self._mid_message
+        self._feed_data = data
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -227,6 +259,7 @@ class _Reader:
                 )
         else:
             self._raw_in_trailer = 0
+        self._feed_data = b""
         events, self._events = self._events, []
         return events
 
@@ -286,7 +319,7 @@ class RequestReader(_Reader):
                 p.get_method(),
                 self._url,
                 self._headers,
-                p.get_http_version().encode(),
+                self._version(_request_line_version(self._head_start)),
                 # No HTTP/1 request can follow an upgrade request on this connection: whether
                 # or not the switch happens, the connection ends with this exchange.
                 p.should_keep_alive() and not upgrade,
@@ -347,7 +380,7 @@ class ResponseReader(_Reader):
                 status,
                 self._headers,
                 b"",
-                p.get_http_version().encode(),
+                self._version(_status_line_version(self._head_start)),
                 p.should_keep_alive() and framing != UNTIL_CLOSE,
                 framing,
             )
@@ -403,16 +436,23 @@ def reason_phrase(status: int) -> bytes:
 def request_head_bytes(method: bytes, target: bytes, headers: Headers) -> bytes:
     """Serialize a request head; `headers` must already carry the framing fields."""
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
-    for name, value in headers:
-        parts += (name, b": ", value, b"\r\n")
-    parts.append(b"\r\n")
+    _put_fields(parts, headers)
     return b"".join(parts)
 
 
 def response_head_bytes(status: int, headers: Headers, version: bytes = b"1.1") -> bytes:
     """Serialize a response head; `headers` must already carry the framing fields."""
     parts = [b"HTTP/%b %d %b\r\n" % (version, status, reason_phrase(status))]
-    for name, value in headers:
-        parts += (name, b": ", value, b"\r\n")
-    parts.append(b"\r\n")
+    _put_fields(parts, headers)
     return b"".join(parts)
+
+
+def _put_fields(parts: list[bytes], headers: Headers) -> None:
+    """The field lines and the blank line that ends a head. Four appends, not `parts +=
+    (name, b": ", value, b"\r\n")`: compiled, that builds a tuple per field to concatenate."""
+    for name, value in headers:
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
+    parts.append(b"\r\n")

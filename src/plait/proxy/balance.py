@@ -66,19 +66,16 @@ class Balanced(Protocol):
 H = TypeVar("H")
 
 
-class Balancer(Protocol):
-    """The interface the data path calls; all balancers below implement it."""
+class Balancer:
+    """The interface the data path calls; all balancers below derive from it. A base class
+    rather than a Protocol: compiled, the cluster then calls these methods natively."""
 
     hosts: tuple[Balanced, ...]
 
-    def pick(self, avoid: Collection[object] = (), key: bytes | None = None) -> Balanced | None: ...
-    def on_start(self, host: Balanced) -> None: ...
-    def on_finish(self, host: Balanced, latency_s: float | None, now: float) -> None: ...
+    def pick(self, avoid: Collection[object] = (), key: bytes | None = None) -> Balanced | None:
+        raise NotImplementedError
 
-
-class _Stateless:
-    """Balancers that keep no per-request state: the load hooks do nothing."""
-
+    # Load hooks: nothing by default (balancers that keep no per-request state).
     def on_start(self, host: Balanced) -> None:
         pass
 
@@ -93,7 +90,7 @@ def _fresh(hosts: tuple[Balanced, ...], avoid: Collection[object]) -> tuple[Bala
     return tuple(h for h in hosts if h not in avoid) or hosts
 
 
-class RoundRobin(_Stateless):
+class RoundRobin(Balancer):
     """Each host in turn."""
 
     def __init__(self, hosts: Sequence[Balanced], rng: random.Random | None = None) -> None:
@@ -112,7 +109,7 @@ class RoundRobin(_Stateless):
         return hosts[self._next % n] if n else None
 
 
-class Random(_Stateless):
+class Random(Balancer):
     """A uniformly random host: no state, no coordination, fine for many small clients."""
 
     def __init__(self, hosts: Sequence[Balanced], rng: random.Random | None = None) -> None:
@@ -124,7 +121,7 @@ class Random(_Stateless):
         return hosts[int(self._rng.random() * len(hosts))] if hosts else None
 
 
-class LeastRequest(_Stateless):
+class LeastRequest(Balancer):
     """Power of two choices on requests in flight (Istio's default LEAST_REQUEST).
 
     Two random hosts, keep the one with fewer outstanding requests: nearly as good as a
@@ -178,7 +175,7 @@ class LoadStats:
         self.stamp = now
 
 
-class PeakEwma:
+class PeakEwma(Balancer):
     """Linkerd's balancer: P2C on cost = peak-EWMA latency x (requests in flight + 1).
 
     Latency-aware where LEAST_REQUEST is not: a host 10x slower loses every comparison with a
@@ -266,7 +263,7 @@ class _Ring:
         self.owners = tuple(owner[p] for p in self.points)
 
 
-class RingHash(_Stateless):
+class RingHash(Balancer):
     """Consistent hashing (Istio's consistentHash, Envoy's ring hash): a key sticks to a host.
 
     Each host owns a fixed number of positions on a 64-bit ring (blake2b of "label#i"); a key

@@ -15,7 +15,6 @@ istio/proxy source/extensions/filters/http/istio_stats/istio_stats.cc (label ord
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final, NamedTuple, Protocol, TypeVar
@@ -33,6 +32,7 @@ __all__ = [
     "MetricFamily",
     "Peer",
     "ProxyMetrics",
+    "bucket",
     "Registry",
     "RequestSeries",
     "TcpSeries",
@@ -135,6 +135,19 @@ def _static_labels(
     )
 
 
+def bucket(bounds: tuple[float, ...], value: float) -> int:
+    """`bisect.bisect_left(bounds, value)`, written out: compiled, it runs natively, where a
+    call to bisect would box the value and go through a generic call."""
+    lo, hi = 0, len(bounds)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if bounds[mid] < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 class _RequestCell:
     """Counts for one (response code, flags, gRPC status) under one static label set."""
 
@@ -162,6 +175,7 @@ class RequestSeries:
         self.static = static
         self.security_policy = security_policy
         self._cells: dict[tuple[int, str, str], _RequestCell] = {}
+        self._plain: dict[int, _RequestCell] = {}  # the same cells without flags or gRPC status
         self._duration = duration_buckets
         self._bytes = bytes_buckets
 
@@ -174,17 +188,21 @@ class RequestSeries:
         request_bytes: int,
         response_bytes: int,
     ) -> None:
-        """Count one finished request: ~0.8 us, no allocation once its cell exists."""
-        cell = self._cells.get((status, flags, grpc_status))
+        """Count one finished request: no allocation once its cell exists (and for the common
+        case, no key tuple to build and hash)."""
+        plain = not flags and not grpc_status
+        cell = self._plain.get(status) if plain else self._cells.get((status, flags, grpc_status))
         if cell is None:
             cell = self._add_cell(status, flags, grpc_status)
+            if plain:
+                self._plain[status] = cell
         cell.count += 1
         cell.duration_sum += duration_ms
-        cell.duration_counts[bisect_left(self._duration, duration_ms)] += 1
+        cell.duration_counts[bucket(self._duration, duration_ms)] += 1
         cell.request_sum += request_bytes
-        cell.request_counts[bisect_left(self._bytes, request_bytes)] += 1
+        cell.request_counts[bucket(self._bytes, request_bytes)] += 1
         cell.response_sum += response_bytes
-        cell.response_counts[bisect_left(self._bytes, response_bytes)] += 1
+        cell.response_counts[bucket(self._bytes, response_bytes)] += 1
 
     def _add_cell(self, status: int, flags: str, grpc_status: str) -> _RequestCell:
         labels = (
@@ -376,7 +394,7 @@ class EndpointSeries:
         """One upstream attempt; no status (reset, timeout) counts as the endpoint's 5xx."""
         klass = status // 100
         self.by_class[klass if 0 < klass < 6 else 5] += 1
-        self.time_counts[bisect_left(self._bounds, duration_ms)] += 1
+        self.time_counts[bucket(self._bounds, duration_ms)] += 1
         self.time_sum += duration_ms
 
 
