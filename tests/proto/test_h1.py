@@ -226,6 +226,8 @@ def test_chunk_framing() -> None:
         ([b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"], [b"1.1"]),
         ([b"GET / HTTP/1.0\r\nHost: a\r\n\r\n"], [b"1.0"]),
         ([b"GET / HT", b"TP/1.0\r\nHost: a\r\n\r\n"], [b"1.0"]),  # start line split
+        ([b"GET /ab", b"cd HTTP/1.0\r\n\r\n"], [b"1.0"]),  # target split
+        ([b"GET http://a/x?y=1 HTTP/1.0\r\n\r\n"], [b"1.0"]),
         ([b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.0\r\n\r\n"], [b"1.1", b"1.0"]),
         (
             [b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"],
@@ -254,11 +256,14 @@ def test_response_versions(data: bytes, version: bytes) -> None:
     assert head.version == version
 
 
-def test_a_start_line_is_read_only_up_to_its_own_end() -> None:
-    assert _request_line_version(b"GET / HTTP/1.1\r\nHost: a\r\n") == b"1.1"
-    # The first line ends in LF alone: what follows is not its version.
-    assert _request_line_version(b"GET / HTTP/1.0\nX: HTTP/1.1\r\n") == b""
-    assert _request_line_version(b"GET / HTTP/1.1") == b""  # not whole yet
-    assert _request_line_version(b"PRI * HTTP/2.0\r\n") == b""
+def test_a_start_line_is_read_only_where_it_must_be() -> None:
+    assert _request_line_version(b"GET / HTTP/1.1\r\nHost: a\r\n", 5) == b"1.1"
+    assert _request_line_version(b"GET / HTTP/1.0\r\n\r\n", 5) == b"1.0"
+    # Ended by LF alone, or not whole yet: the parser says.
+    assert _request_line_version(b"GET / HTTP/1.1\nHost: a\r\n", 5) == b""
+    assert _request_line_version(b"GET / HTTP/1.1", 5) == b""
+    # An empty line before the request shifts it: not read at the wrong place.
+    assert _request_line_version(b"\r\nGET / HTTP/1.1\r\n", 5) == b""
+    assert _request_line_version(b"PRI * HTTP/2.0\r\n", 5) == b""
     assert _status_line_version(b"HTTP/1.0 200 OK\r\n") == b"1.0"
     assert _status_line_version(b"HTTP/2 200\r\n") == b""

@@ -96,14 +96,11 @@ def _framing(headers: Headers, chunked: bool, no_body: bool) -> int:
     return -1  # caller decides: NO_BODY for requests, UNTIL_CLOSE for responses
 
 
-def _request_line_version(start: bytes) -> bytes:
-    """b"1.1" or b"1.0" if the first line of `start` is a request line ending in that
-    version; b"" if it is not there (or not whole)."""
-    end = start.find(b"\n")
-    if end < 9 or start[end - 9 : end - 4] != b"HTTP/":
-        return b""
-    version = start[end - 9 : end]
-    return b"1.1" if version == b"HTTP/1.1\r" else b"1.0" if version == b"HTTP/1.0\r" else b""
+def _request_line_version(start: bytes, at: int) -> bytes:
+    """b"1.1" or b"1.0" if `start` holds, from `at` (just past "method SP target"), the rest
+    of a request line of that version; b"" if not (not there, not whole, bytes before it)."""
+    rest = start[at : at + 11]
+    return b"1.1" if rest == b" HTTP/1.1\r\n" else b"1.0" if rest == b" HTTP/1.0\r\n" else b""
 
 
 def _status_line_version(start: bytes) -> bytes:
@@ -314,12 +311,14 @@ class RequestReader(_Reader):
         self._trailer_phase = True
         framing = _framing(self._headers, self._chunked, False)
         upgrade = p.should_upgrade()
+        method = p.get_method()
+        url = self._url
         self._events.append(
             RequestHead(
-                p.get_method(),
-                self._url,
+                method,
+                url,
                 self._headers,
-                self._version(_request_line_version(self._head_start)),
+                self._version(_request_line_version(self._head_start, len(method) + len(url) + 1)),
                 # No HTTP/1 request can follow an upgrade request on this connection: whether
                 # or not the switch happens, the connection ends with this exchange.
                 p.should_keep_alive() and not upgrade,

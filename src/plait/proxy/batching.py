@@ -9,7 +9,9 @@ a connect task) goes out at once, so nothing can be left waiting for a flush.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
+
+from plait.proto.h2.connection import H2Connection
 
 __all__ = [
     "STREAMS_PER_WRITE",
@@ -110,7 +112,7 @@ class MultiplexedWriter(Connection):
 
     scheduled: bool  # a flush is due at the end of this iteration
     streams_unsent: int  # streams whose last frame is queued, not yet written
-    codec: Any
+    codec: H2Connection
     transport: asyncio.Transport | None
     closed: bool
     loop: asyncio.AbstractEventLoop

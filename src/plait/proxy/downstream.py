@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from plait.proto import grpc
 from plait.proto.errors import ProtocolError
@@ -880,7 +880,7 @@ class Stream:
         down = self.down
         kind = type(event)
         if kind is Data:
-            data = event.data  # type: ignore[attr-defined]
+            data = cast(Data, event).data
             self.bytes_sent += len(data)
             down.write(chunk(data) if self.response_chunked else data)
         elif kind is ResponseHead:
@@ -888,7 +888,7 @@ class Stream:
         elif event is END_OF_STREAM and self.response_started:
             self.response_end()
         elif kind is Trailers:
-            self.trailers = clean_trailers(event.headers)  # type: ignore[attr-defined]
+            self.trailers = clean_trailers(cast(Trailers, event).headers)
 
     def response_head(self, head: ResponseHead) -> None:
         status = head.status

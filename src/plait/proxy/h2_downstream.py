@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 from plait.proto.events import END_OF_STREAM, Data, Headers, RequestHead, ResponseHead, Trailers
 from plait.proto.h2 import (
@@ -238,7 +238,7 @@ class H2DownstreamConnection(batching.MultiplexedWriter):
         for sid, event in events:
             kind = type(event)
             if kind is Data:
-                data = event.data  # type: ignore[attr-defined]
+                data = cast(Data, event).data
                 handle = streams.get(sid)
                 if handle is None or handle.stream is None:
                     codec.acknowledge_received_data(sid, len(data))
@@ -270,7 +270,7 @@ class H2DownstreamConnection(batching.MultiplexedWriter):
             elif kind is Trailers:  # END_OF_STREAM follows: the request sends them then
                 handle = streams.get(sid)
                 if handle is not None and handle.stream is not None:
-                    handle.stream.request_trailers(event.headers)  # type: ignore[attr-defined]
+                    handle.stream.request_trailers(cast(Trailers, event).headers)
             if self.closed:
                 return
 

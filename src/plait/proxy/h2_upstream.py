@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 from plait.proto.events import Data, Headers, RequestHead
 from plait.proto.h2 import (
@@ -233,7 +233,7 @@ class H2UpstreamConnection(batching.MultiplexedWriter):
             kind = type(event)
             if handle is None or handle.stream is None:
                 if kind is Data:
-                    codec.acknowledge_received_data(sid, len(event.data))  # type: ignore[attr-defined]
+                    codec.acknowledge_received_data(sid, len(cast(Data, event).data))
                 elif kind is WindowUpdated or kind is SettingsChanged:
                     self._drained(sid)
                 elif kind is GoAway and not streams:
@@ -241,7 +241,7 @@ class H2UpstreamConnection(batching.MultiplexedWriter):
                 continue
             stream = handle.stream
             if kind is Data:
-                n = len(event.data)  # type: ignore[attr-defined]
+                n = len(cast(Data, event).data)
                 handle.got_bytes = True
                 stream.on_upstream_event(handle, event)
                 if handle.paused and not handle.done:
