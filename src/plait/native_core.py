@@ -63,6 +63,7 @@ CORE = (
     "plait.proto.h2.control",
     "plait.proto.h2.connection",
     "plait.proxy.batching",
+    "plait.proxy.sides",
     "plait.proxy.downstream",
     "plait.proxy.h2_downstream",
     "plait.proxy.h2_upstream",

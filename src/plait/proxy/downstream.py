@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from plait.proto import grpc
 from plait.proto.errors import ProtocolError
@@ -58,6 +58,7 @@ from plait.proxy.resilience import (
     may_retry,
 )
 from plait.proxy.routing import Decision
+from plait.proxy.sides import Downstream, Upstream
 from plait.proxy.trailers import accepts_trailers
 from plait.proxy.trailers import clean as clean_trailers
 from plait.proxy.upgrade import keep_upgrade, upgraded
@@ -65,18 +66,12 @@ from plait.proxy.upstream import WRITE_HIGH_WATER, Host, UpstreamConnection
 from plait.telemetry.tracing import Span, extract, inject
 
 if TYPE_CHECKING:
-    from plait.proxy.h2_upstream import H2UpstreamConnection
+    from plait.proxy.h2_downstream import H2DownStream
+    from plait.proxy.h2_upstream import H2UpStream, H2UpstreamConnection
     from plait.proxy.listener import ListenerContext
     from plait.proxy.upstream import ClusterRuntime
 
 __all__ = ["DownstreamConnection", "Stream"]
-
-# A Stream's two sides are duck-typed: `down` is a DownstreamConnection (HTTP/1.1) or an
-# h2_downstream.H2DownStream, `upstream` an UpstreamConnection or an h2_upstream.H2UpStream,
-# with the same methods. `Any` rather than a union: compiled (plait.build_native), the
-# stream then reaches either without a type check at each assignment.
-Downstream = Any
-Upstream = Any
 
 # Request bodies up to this size are kept so a stale pooled connection can be retried.
 REPLAY_LIMIT: Final = 64 * 1024
@@ -168,7 +163,7 @@ def _request_id() -> bytes:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
 
 
-class DownstreamConnection(batching.BatchedWriter):
+class DownstreamConnection(batching.BatchedWriter, Downstream):
     """One client connection on a listener; owns at most one active stream at a time."""
 
     def __init__(self, ctx: ListenerContext) -> None:
@@ -393,7 +388,7 @@ class Stream:
         self.path = b""
         self.cluster: ClusterRuntime | None = None
         self.host: Host | None = None
-        self.upstream: Upstream = None  # the current try's connection or stream handle
+        self.upstream: Upstream | None = None  # the current try's connection or stream handle
         self.tried: tuple[Host, ...] = ()
         self.up_head = b""
         self.pending_body: list[bytes] = []
@@ -871,7 +866,7 @@ class Stream:
             else:
                 self.pending_body.append(end)
         elif self.up_h2 and not self.finished and self.upstream is not None:
-            self.upstream.end(self.req_trailers)
+            cast("H2UpStream", self.upstream).end(self.req_trailers)
         if self.response_complete or self.finished:
             self.done()
 
@@ -1014,13 +1009,14 @@ class Stream:
             # done() overlap with the client reading it (one connection: +3-4 % req/s).
             # Responses from a multiplexed upstream keep to the batch: flushed one by one,
             # they cost 5 us more per request at 32 connections (-11 % req/s).
-            self.down.flush_out()
-        conn = self.upstream
+            cast(DownstreamConnection, self.down).flush_out()
+        upstream = self.upstream
         self.upstream = None
         if self.up_h2:
-            if conn is not None:
-                conn.finish(self.request_complete)
-        elif conn is not None:
+            if upstream is not None:
+                cast("H2UpStream", upstream).finish(self.request_complete)
+        elif upstream is not None:
+            conn = cast(UpstreamConnection, upstream)
             conn.served += 1
             cluster = self.cluster
             reuse = cluster is None or cluster.breaker.reuse_connection(
@@ -1204,7 +1200,7 @@ class Stream:
         self.response_complete = True
         self.bytes_sent = 0
         if self.h2:
-            self.down.local_reply(status, flags, detail, extra, self.grpc)
+            cast("H2DownStream", self.down).local_reply(status, flags, detail, extra, self.grpc)
             self.done()
             return
         close = not self.request_complete or not self.down_keep_alive or self.ctx.draining

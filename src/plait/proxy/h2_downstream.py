@@ -39,6 +39,7 @@ from plait.proto.h2.headers import response_fields
 from plait.proxy import batching
 from plait.proxy.downstream import Stream
 from plait.proxy.local_reply import local_reply_fields
+from plait.proxy.sides import Downstream
 from plait.proxy.upstream import WRITE_HIGH_WATER
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ SERVER_CONFIG: Final = H2Config(client=False, huffman=False, eager_connection_cr
 _LOW_WATER: Final = WRITE_HIGH_WATER // 2
 
 
-class H2DownStream:
+class H2DownStream(Downstream):
     """One request stream of an HTTP/2 client connection, as a `Stream` sees its downstream."""
 
     def __init__(self, conn: H2DownstreamConnection, sid: int) -> None:

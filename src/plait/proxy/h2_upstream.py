@@ -30,6 +30,7 @@ from plait.proto.h2 import (
     WindowUpdated,
 )
 from plait.proxy import batching
+from plait.proxy.sides import Upstream
 from plait.proxy.upstream import WRITE_HIGH_WATER
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def h2_client_context(
     return tls
 
 
-class H2UpStream:
+class H2UpStream(Upstream):
     """One request stream on a multiplexed upstream connection, as a `Stream` sees it."""
 
     def __init__(self, conn: H2UpstreamConnection, sid: int, stream: Stream) -> None:

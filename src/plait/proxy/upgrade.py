@@ -27,15 +27,16 @@ only for requests whose head says upgrade: nothing here runs for other requests.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from plait.proto.events import Headers, ResponseHead
 from plait.proto.h1 import HOP_BY_HOP, response_head_bytes
 from plait.proxy.tunnel import End, Tunnel
 
 if TYPE_CHECKING:
-    from plait.proxy.downstream import Stream
+    from plait.proxy.downstream import DownstreamConnection, Stream
     from plait.proxy.resilience import CircuitBreaker
+    from plait.proxy.upstream import UpstreamConnection
 
 __all__ = ["keep_upgrade", "upgraded"]
 
@@ -67,9 +68,10 @@ def keep_upgrade(stream: Stream, forward: Headers) -> None:
 
 
 def upgraded(stream: Stream, head: ResponseHead) -> None:
-    """The app switched protocols (101): answer the client, then splice the connections."""
-    down = stream.down
-    conn = stream.upstream
+    """The app switched protocols (101): answer the client, then splice the connections.
+    Both legs are HTTP/1.1 here: only an HTTP/1.1 request offers an upgrade."""
+    down = cast("DownstreamConnection", stream.down)
+    conn = cast("UpstreamConnection | None", stream.upstream)
     ctx = down.ctx
     if conn is None or conn.transport is None or down.transport is None or down.closed:
         return  # nothing left to splice: the stream ends as it would have

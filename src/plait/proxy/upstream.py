@@ -30,6 +30,7 @@ from plait.proxy import batching
 from plait.proxy.balance import Balancer, make_balancer, panic_hosts
 from plait.proxy.outlier import HealthCheckState, OutlierDetector
 from plait.proxy.resilience import CircuitBreaker, RetryBudget
+from plait.proxy.sides import Upstream
 
 if TYPE_CHECKING:
     from plait.proxy.downstream import Stream
@@ -103,7 +104,7 @@ def _h2_upgrade_modes(policy: str, hosts: tuple[Host, ...]) -> tuple[bool, bool]
     return False, bool(hosts) and all(h.protocol_hint == "h2" for h in hosts)
 
 
-class UpstreamConnection(batching.BatchedWriter):
+class UpstreamConnection(batching.BatchedWriter, Upstream):
     """One HTTP/1.1 connection to a host, carrying one stream at a time."""
 
     def __init__(self, host: Host) -> None:
