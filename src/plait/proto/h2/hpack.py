@@ -152,24 +152,23 @@ def _entry_size(field: Field) -> int:
     return len(field[0]) + len(field[1]) + 32
 
 
+# Every one-byte string, so that the encoder's common case (an index, a short length) is a
+# table lookup: compiled, bytearray.append is a generic method call.
+_BYTES: Final = tuple(bytes((i,)) for i in range(256))
+
+
 def encode_integer(value: int, prefix_bits: int, flags: int = 0) -> bytes:
     """Section 5.1: `value` with an N-bit prefix; `flags` fills the first byte's high bits."""
-    out = bytearray()
-    _put_int(out, value, prefix_bits, flags)
-    return bytes(out)
-
-
-def _put_int(out: bytearray, value: int, prefix_bits: int, flags: int) -> None:
     top = (1 << prefix_bits) - 1
     if value < top:
-        out.append(flags | value)
-        return
-    out.append(flags | top)
+        return _BYTES[flags | value]
+    out = bytearray((flags | top,))
     value -= top
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)
         value >>= 7
     out.append(value)
+    return bytes(out)
 
 
 def _get_int(data: bytes, pos: int, value: int) -> tuple[int, int]:
@@ -389,12 +388,12 @@ class Encoder:
 
     def encode(self, headers: list[Field], huffman_coding: bool = True) -> bytes:
         """One header block for `headers` (names lower-case, as HTTP/2 requires)."""
-        out = bytearray()
+        out: list[bytes] = []  # pieces to join: most are one index byte each
         if self._pending >= 0:
             # Section 4.2: signal the smallest size reached, then the final one.
             if self._pending_min < self._pending:
-                _put_int(out, self._pending_min, 5, 0x20)
-            _put_int(out, self._pending, 5, 0x20)
+                out.append(encode_integer(self._pending_min, 5, 0x20))
+            out.append(encode_integer(self._pending, 5, 0x20))
             self._pending = self._pending_min = -1
         fields = self._fields
         boxed: list[object] = headers  # type: ignore[assignment]  # see _fields
@@ -402,10 +401,7 @@ class Encoder:
             found = fields.get(field)
             if found is not None:
                 index = -found if found < 0 else self._inserted - found + _STATIC_COUNT
-                if index < 0x7F:
-                    out.append(0x80 | index)
-                else:
-                    _put_int(out, index, 7, 0x80)
+                out.append(_BYTES[0x80 | index] if index < 0x7F else encode_integer(index, 7, 0x80))
                 continue
             name, value = cast(Field, field)
             found = self._names.get(name)
@@ -413,16 +409,17 @@ class Encoder:
             size = len(name) + len(value) + 32
             unique = name in _UNIQUE_PER_REQUEST
             if name in _NEVER_INDEXED or (name == b"cookie" and len(value) < _SHORT_COOKIE):
-                _put_int(out, name_index, 4, 0x10)
+                out.append(encode_integer(name_index, 4, 0x10))
             elif unique or size * 2 > self.max_table_size:
-                _put_int(out, name_index, 4, 0x00)  # would churn the table, or flush most of it
+                # Would churn the table, or flush most of it.
+                out.append(encode_integer(name_index, 4, 0x00))
             else:
-                _put_int(out, name_index, 6, 0x40)
+                out.append(encode_integer(name_index, 6, 0x40))
                 self._add(field, name, size)
             if not name_index:
                 _put_str(out, name, huffman_coding)
             _put_str(out, value, huffman_coding and not unique)
-        return bytes(out)
+        return b"".join(out)
 
     def _index(self, found: int) -> int:
         """Wire index of a static (-index) or dynamic (absolute id) entry."""
@@ -452,7 +449,7 @@ class Encoder:
                 del self._names[name]
 
 
-def _put_str(out: bytearray, data: bytes, huffman_coding: bool) -> None:
+def _put_str(out: list[bytes], data: bytes, huffman_coding: bool) -> None:
     """Section 5.2: Huffman-coded unless that is longer."""
     if huffman_coding and data:
         coded = _HUFFMAN_ENCODED.get(data)
@@ -462,23 +459,18 @@ def _put_str(out: bytearray, data: bytes, huffman_coding: bool) -> None:
                 if len(_HUFFMAN_ENCODED) >= _HUFFMAN_CACHED_MAX:
                     _HUFFMAN_ENCODED.clear()
                 _HUFFMAN_ENCODED[data] = coded
-        out += coded
+        out.append(coded)
         return
-    _put_int(out, len(data), 7, 0)
-    out += data
+    out.append(encode_integer(len(data), 7, 0))
+    out.append(data)
 
 
 def _string_literal(data: bytes) -> bytes:
     """A string literal (length prefix included), Huffman-coded unless that is longer."""
-    out = bytearray()
     length = huffman.encoded_length(data)
     if length <= len(data):  # ties too, as RFC 7541 Appendix C.6 does
-        _put_int(out, length, 7, 0x80)
-        out += huffman.encode(data)
-    else:
-        _put_int(out, len(data), 7, 0)
-        out += data
-    return bytes(out)
+        return encode_integer(length, 7, 0x80) + huffman.encode(data)
+    return encode_integer(len(data), 7, 0) + data
 
 
 def _static_maps() -> tuple[dict[object, int], dict[bytes, int]]:
