@@ -109,7 +109,7 @@ from plait.proto import h1
 from plait.proxy import h2_upstream
 codec = getattr(h2_upstream, "CODEC", h2_upstream.H2Connection)  # older trees: CODEC
 print("data path", "compiled" if native_core.active() else "python",
-      "h1", "compiled" if getattr(h1, "NATIVE", h1.__file__.endswith(".so")) else "python",
+      "h1", "compiled" if getattr(h1, "NATIVE", h1.__file__.endswith(".so")) else "python",  # NATIVE: older trees
       "h2", "compiled" if ".so" in str(getattr(__import__(codec.__module__, fromlist=["x"]),
                                                "__file__", "")) else "python")
 """

@@ -9,12 +9,10 @@ with a new connection (preface, SETTINGS) per exchange. h2 runs with validation 
 normalisation off, as in ARCHITECTURE.md's figure; ours validates (it always should).
 
 CPU time (process_time, so other load on the machine does not count), best of 7 runs; it
-asserts nothing. It reports whether the codec modules it imported are mypyc-compiled:
-
-    cd src && ../.venv/bin/mypyc plait/proto/h2/{frames,huffman,hpack,streams,guards,\
-        headers,state,sending,control,connection,events,config}.py   # .so next to each .py
-    python -m bench.h2_codec                                         # compiled figures
-    rm -rf src/build src/*__mypyc*.so src/plait/proto/h2/*.so         # back to pure Python
+asserts nothing. It reports whether the codec modules it imported are mypyc-compiled: they
+are when the data path's build is current (`make venv`, `python -m plait.build_native`; see
+plait/native_core.py), and `PLAIT_PURE_PYTHON=1 python -m bench.h2_codec` measures the
+Python source.
 
 Run: `python -m bench.h2_codec [--n 3000] [--fresh]`.
 """

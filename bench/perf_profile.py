@@ -159,20 +159,14 @@ def generic_ops(ir: Iterable[str]) -> dict[str, list[str]]:
 
 
 def _ir_lines() -> list[str]:
-    from mypyc.build import mypycify
-
     from plait import native_core
+    from plait.build_native import mypycify_core
 
     with tempfile.TemporaryDirectory(prefix="plait-ir-") as work:
         cwd = Path.cwd()
         try:
             os.chdir(native_core.PACKAGE.parent)
-            mypycify(
-                [name.replace(".", "/") + ".py" for name in native_core.CORE],
-                opt_level="3",
-                target_dir=work,
-                group_name=native_core.GROUP,
-            )
+            mypycify_core(work)  # writes the C and the IR; compiles nothing
         finally:
             os.chdir(cwd)
         return (Path(work) / "ops.txt").read_text().splitlines()

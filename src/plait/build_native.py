@@ -18,15 +18,31 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from plait import native_core
 
-__all__ = ["build", "clean", "main"]
+if TYPE_CHECKING:
+    from setuptools import Extension
+
+__all__ = ["build", "clean", "main", "mypycify_core"]
+
+
+def mypycify_core(target_dir: str) -> list[Extension]:
+    """mypyc's extensions for the core; its C sources and IR (`ops.txt`) go to `target_dir`.
+    Call it from the directory that holds the plait package."""
+    from mypyc.build import mypycify
+
+    return mypycify(
+        [name.replace(".", "/") + ".py" for name in native_core.CORE],
+        opt_level="3",
+        target_dir=target_dir,
+        group_name=native_core.GROUP,
+    )
 
 
 def build() -> None:
     """Compile the core; raises on any failure (the caller reports it)."""
-    from mypyc.build import mypycify
     from setuptools import Distribution
 
     work = Path(tempfile.mkdtemp(prefix="plait-core-"))
@@ -34,12 +50,7 @@ def build() -> None:
     digest = native_core.digest()
     try:
         os.chdir(native_core.PACKAGE.parent)
-        modules = mypycify(
-            [name.replace(".", "/") + ".py" for name in native_core.CORE],
-            opt_level="3",
-            target_dir=str(work / "c"),
-            group_name=native_core.GROUP,
-        )
+        modules = mypycify_core(str(work / "c"))
         dist = Distribution({"name": "plait-core", "ext_modules": modules})
         cmd = dist.get_command_obj("build_ext")
         cmd.build_temp = str(work / "tmp")

@@ -147,7 +147,7 @@ class _Reader:
         self._mid_message = False  # between on_message_begin and on_message_complete
         self._feed_fresh = False  # nothing of the current feed belongs to an earlier message
         self._feed_data = b""  # the current feed (see _version)
-        self._head_start = b""  # the feed the current head began, if it began one
+        self._head_start = b""  # the feed holding the whole current head, if it begins with it
         self._chunked = False
         self._trailer_phase = False
         self._trailers: Headers | None = None  # a chunked body's trailer fields, if any
@@ -205,9 +205,9 @@ class _Reader:
         trailers.append((name.lower(), value))
 
     def _version(self, start_line_version: bytes) -> bytes:
-        """The message's HTTP version. Read off the start line when the head began a feed
-        (`start_line_version` does that): httptools' get_http_version formats a new string
-        on each call, a measurable cost per request. Otherwise from the parser."""
+        """The message's HTTP version. Read off the start line when one feed began with the
+        whole head (`start_line_version` does that): httptools' get_http_version formats a
+        new string on each call, a measurable cost per request. Otherwise from the parser."""
         version = start_line_version
         self._head_start = b""
         return version or self._parser.get_http_version().encode()
@@ -238,7 +238,10 @@ class _Reader:
             self._tail = data[offset:]
         except httptools.HttpParserError as exc:
             raise self._failed(MalformedMessage(str(exc) or "malformed HTTP/1 message")) from exc
+        finally:
+            self._feed_data = b""
         if self._in_head:
+            self._head_start = b""  # it goes on in a later feed: the parser will say its version
             # The head is not complete yet: bound what httptools buffers for it.
             if self._raw_in_head < 0:
                 self._raw_in_head = 0  # it began mid-feed: count from the next feed
@@ -256,7 +259,6 @@ class _Reader:
                 )
         else:
             self._raw_in_trailer = 0
-        self._feed_data = b""
         events, self._events = self._events, []
         return events
 

@@ -32,12 +32,12 @@ __all__ = [
     "MetricFamily",
     "Peer",
     "ProxyMetrics",
-    "bucket",
     "Registry",
     "RequestSeries",
     "TcpSeries",
     "UpstreamMetrics",
     "Value",
+    "bucket",
 ]
 
 # Envoy's default histogram buckets (HistogramSettingsImpl::defaultBuckets in
