@@ -959,7 +959,7 @@ class Stream:
         if self.h2:
             if not self.request_complete:
                 self.up_keep_alive = False
-            down.send_head(status, headers, framing == NO_BODY)
+            cast("H2DownStream", down).send_head(status, headers, framing == NO_BODY)
             if framing == NO_BODY:
                 self.response_end()
             return
@@ -1002,7 +1002,7 @@ class Stream:
             else:
                 self.down.write(last_chunk(trailers))
         elif self.h2:
-            self.down.send_end(self.trailers)
+            cast("H2DownStream", self.down).send_end(self.trailers)
         if not self.h2 and not self.up_h2:
             # A response from an HTTP/1.1 upstream is alone in its read event: it leaves now,
             # not at the end of the event, and the pool and telemetry bookkeeping below and in

@@ -4,7 +4,8 @@ Downstream: the HTTP/1.1 client connection (`downstream.DownstreamConnection`), 
 stream of an HTTP/2 client connection (`h2_downstream.H2DownStream`). Upstream: an HTTP/1.1
 connection to the endpoint (`upstream.UpstreamConnection`), or one stream of an HTTP/2
 connection to it (`h2_upstream.H2UpStream`). A stream talks to either kind through the same
-methods; what only one kind has, it reaches after checking `Stream.h2` / `Stream.up_h2`.
+methods; what only one kind has, it reaches through a cast after checking `Stream.h2` /
+`Stream.up_h2`.
 
 Why mypyc traits: compiled (plait.native_core), a call through a trait is a native call
 (about 20 ns), where the same call on a duck-typed `Any` is a generic lookup and call
@@ -15,11 +16,10 @@ an ordinary base class.
 from __future__ import annotations
 
 import asyncio
+from abc import abstractmethod
 from typing import TYPE_CHECKING
 
 from mypy_extensions import trait
-
-from plait.proto.events import Headers
 
 if TYPE_CHECKING:
     from plait.proxy.downstream import Stream
@@ -40,27 +40,20 @@ class Downstream:
     write_paused: bool
     closed: bool
 
-    def write(self, data: bytes) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def write(self, data: bytes) -> None: ...
 
-    def close(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def close(self) -> None: ...
 
-    def pause_reading(self, bit: int) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def pause_reading(self, bit: int) -> None: ...
 
-    def resume_reading(self, bit: int) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def resume_reading(self, bit: int) -> None: ...
 
-    def stream_done(self, stream: Stream, keep_alive: bool) -> None:
-        raise NotImplementedError
-
-    # HTTP/2 only (H2DownStream): an HTTP/1.1 stream writes its head and body as bytes.
-    def send_head(self, status: int, headers: Headers, end: bool) -> None:
-        raise NotImplementedError
-
-    def send_end(self, trailers: Headers | None) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def stream_done(self, stream: Stream, keep_alive: bool) -> None: ...
 
 
 @trait
@@ -70,17 +63,17 @@ class Upstream:
     reused: bool  # it served a request before: a stale socket may fail (replayable)
     got_bytes: bool  # the endpoint answered something on it
 
-    def write(self, data: bytes) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def write(self, data: bytes) -> None: ...
 
-    def pause_reading(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def pause_reading(self) -> None: ...
 
-    def resume_reading(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def resume_reading(self) -> None: ...
 
-    def abort(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def abort(self) -> None: ...
 
-    def close(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def close(self) -> None: ...
