@@ -34,7 +34,7 @@ def mypycify_core(target_dir: str) -> list[Extension]:
     from mypyc.build import mypycify
 
     return mypycify(
-        [name.replace(".", "/") + ".py" for name in native_core.CORE],
+        [str(path.relative_to(native_core.PACKAGE.parent)) for path in native_core.sources()],
         opt_level="3",
         target_dir=target_dir,
         group_name=native_core.GROUP,

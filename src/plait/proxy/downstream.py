@@ -153,7 +153,7 @@ def _pending(breaker: CircuitBreaker) -> bool:
 # RFC 9562 section 5.4: version 4 in bits 48-51, variant 0b10 in bits 64-65 (from the left).
 _UUID_CLEAR: Final = ~((0xF << 76) | (0x3 << 62))
 _UUID_SET: Final = (0x4 << 76) | (0x2 << 62)
-_getrandbits = _RNG.getrandbits
+_getrandbits: Final = _RNG.getrandbits
 
 
 def _request_id() -> bytes:
@@ -378,8 +378,8 @@ class Stream:
     """One request/response exchange, from head received to access-log entry written."""
 
     def __init__(self, down: Downstream, head: RequestHead) -> None:
-        # `down` is the HTTP/1.1 connection, or an HTTP/2 stream handle (`h2` is then True)
-        # with the same methods plus send_head/send_end/local_reply (see h2_downstream).
+        # `down` is the HTTP/1.1 connection, or an HTTP/2 stream handle (`h2` is then True):
+        # the methods both have are plait.proxy.sides.Downstream's.
         self.down: Downstream = down
         self.ctx: ListenerContext = down.ctx  # typed: the compiled stream reaches it natively
         self.head = head

@@ -22,7 +22,7 @@ from plait.identity.tls import PeerVerificationError, verify_peer
 from plait.proto.events import Headers
 from plait.proto.h1 import HOP_BY_HOP
 from plait.proxy.certificates import CertificateManager
-from plait.proxy.downstream import UPGRADED, DownstreamConnection
+from plait.proxy.downstream import ATTEMPT, UPGRADED, DownstreamConnection
 from plait.proxy.filters.inbound_policy import InboundPolicy
 from plait.proxy.filters.metrics import ListenerMetrics
 from plait.proxy.original_dst import original_destination
@@ -45,7 +45,6 @@ OUTBOUND, INBOUND, GATEWAY = "outbound", "inbound", "gateway"
 UpstreamTls = tuple["ssl.SSLContext | None", "tuple[str, ...] | None", str]
 NO_TLS: Final[UpstreamTls] = (None, None, "")
 XFCC: Final = b"x-forwarded-client-cert"
-ATTEMPT: Final = b"x-plait-attempt-count"
 # Never forwarded as received: hop-by-hop fields, a client-certificate header that only the
 # inbound proxy may set (a caller could forge it to impersonate another workload), and the
 # marker one proxy gives the next for an HTTP/1.1 request it carries over HTTP/2.
