@@ -134,6 +134,13 @@ class Proc:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def log_tail(self, lines: int = 20) -> str:
+        """The end of its log, for a failure message."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as exc:
+            return f"(no log: {exc})"
+
 
 class Mesh:
     """A control plane and the proxies and apps a test adds to it."""
@@ -285,7 +292,13 @@ class Mesh:
         proc = Proc(argv, self.tmp / f"{name}.proxy.log", {"PLAIT_JOIN_TOKEN": join})
         self.procs.append(proc)
         if wait:
-            wait_until(lambda: _ready(ports["admin"]), 15, f"proxy {name} ready")
+            try:
+                wait_until(lambda: _ready(ports["admin"]), 15, f"proxy {name} ready")
+            except AssertionError as exc:
+                exit_code = proc.popen.poll() if proc.popen is not None else None
+                raise AssertionError(
+                    f"{exc} (exit code {exit_code}); its log ends:\n{proc.log_tail()}"
+                ) from None
         return proc, ports
 
     def is_ready(self, ports: dict[str, int]) -> bool:
